@@ -1,0 +1,96 @@
+"""``convertsnn convert``: ANN source -> calibrated SNN file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from torch.utils.data import DataLoader
+
+from convertsnn.cli.options import device_option, parse_number_list, resolve_device
+from convertsnn.convert import convert
+from convertsnn.convert.calibration import list_calibrations
+from convertsnn.data import load_dataset
+from convertsnn.errors import ConvertSNNError
+from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.snn.serialize import save_snn
+
+
+def _preprocessing(mean: str | None, std: str | None) -> Preprocessing | None:
+    if mean is None and std is None:
+        return None
+    return Preprocessing(
+        mean=tuple(parse_number_list(mean, "--mean")) if mean else None,
+        std=tuple(parse_number_list(std, "--std")) if std else None,
+    )
+
+
+@click.command("convert")
+@click.argument("source")
+@click.option(
+    "--timesteps", "-T", default=8, show_default=True, type=int, help="Simulation steps T."
+)
+@click.option(
+    "--calib",
+    "calib_data",
+    help="Calibration images: dataset name or .npz (train split by default).",
+)
+@click.option(
+    "--calib-images", default=512, show_default=True, type=int, help="How many calibration images."
+)
+@click.option(
+    "--calibration",
+    default="percentile:99.99",
+    show_default=True,
+    help=f"Threshold method: {', '.join(list_calibrations())} (NAME or NAME:ARG).",
+)
+@click.option("--neuron", type=click.Choice(["if", "lif"]), default="if", show_default=True)
+@click.option("--leak", default=1.0, show_default=True, type=float, help="Membrane leak for LIF.")
+@click.option(
+    "--reset", type=click.Choice(["subtract", "zero"]), default="subtract", show_default=True
+)
+@click.option(
+    "--v-init", default=0.5, show_default=True, type=float, help="Initial membrane / threshold."
+)
+@click.option(
+    "--surrogate", default="triangle:1", show_default=True, help="Surrogate gradient FAMILY[:G]."
+)
+@click.option("--arch", help="Architecture of a plain state dict (see `convertsnn models`).")
+@click.option("--mean", help="Per-channel input mean, e.g. 0.4914,0.4822,0.4465.")
+@click.option("--std", help="Per-channel input std.")
+@click.option("--data-dir", type=click.Path(), help="Where torchvision datasets are stored.")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Output file (.safetensors).")
+@device_option
+def command(
+    source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
+    surrogate, arch, mean, std, data_dir, batch_size, out, device,
+) -> None:  # fmt: skip
+    """Convert the ANN SOURCE (a checkpoint) into a spiking network file."""
+    if timesteps < 1:
+        raise ConvertSNNError(f"--timesteps must be at least 1, got {timesteps}")
+    if batch_size < 1:
+        raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
+    device = resolve_device(device)
+    ann = load_ann(source, arch=arch, preprocessing=_preprocessing(mean, std))
+    loader = None
+    if calib_data:
+        calib = load_dataset(calib_data, split="train", data_dir=data_dir, limit=calib_images)
+        ann.preprocessing.input_size = ann.preprocessing.input_size or calib.image_size
+        ann.preprocessing.num_classes = ann.preprocessing.num_classes or calib.num_classes
+        loader = DataLoader(calib, batch_size=batch_size)
+    metadata = ann.metadata()
+    metadata["calibration_data"] = (
+        {"spec": calib_data, "images": len(loader.dataset)} if loader else None
+    )
+    snn = convert(
+        ann.model, loader, timesteps=timesteps, calibration=calibration, neuron=neuron,
+        leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
+        metadata=metadata,
+    )  # fmt: skip
+    path = Path(out or f"{Path(source).stem}_snn_T{timesteps}.safetensors")
+    save_snn(snn, path)
+    click.echo(
+        f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "
+        f"T={timesteps}, calibration {snn.metadata['conversion']['calibration']}"
+    )

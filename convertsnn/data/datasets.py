@@ -1,0 +1,184 @@
+"""Image classification datasets as uint8 tensors, served as float images in [0, 1].
+
+A dataset spec is one of:
+
+- a torchvision name: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``svhn``
+  (stored under ``data_dir``; downloaded when ``download=True`` and the machine is online);
+- a path to an ``.npz`` file with ``x_train``/``y_train``/``x_test``/``y_test`` (uint8 images
+  ``[N, H, W]`` or ``[N, H, W, C]``, int64 labels), or with JPEG bytes ``train_jpeg`` +
+  ``train_offsets`` (and ``test_*``) instead of ``x_*`` (the layout of ``cifar10_jpeg.npz``).
+
+Any spec may end with ``:train`` or ``:test`` to pick the split.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from convertsnn.errors import ConvertSNNError
+
+TORCHVISION_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageDataset(Dataset):
+    """Images ``[N, C, H, W]`` uint8 and labels ``[N]`` int64; items are (float image, label)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index].float().div(255), self.labels[index]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, start: int = 0, stop: int | None = None) -> ImageDataset:
+        """Images ``start`` to ``stop`` (in dataset order)."""
+        return ImageDataset(self.images[start:stop], self.labels[start:stop], self.name)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as float ``[N, C, H, W]`` in [0, 1] and labels ``[N]``."""
+        return self.images.float().div(255), self.labels
+
+
+def split_spec(spec: str, default_split: str) -> tuple[str, str]:
+    """``"path.npz:train"`` -> ``("path.npz", "train")``."""
+    base, sep, tail = str(spec).rpartition(":")
+    if sep and tail in SPLITS:
+        return base, tail
+    return str(spec), default_split
+
+
+def load_dataset(
+    spec: str,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    limit: int | None = None,
+) -> ImageDataset:
+    """Load a dataset split as an :class:`ImageDataset` (see the module doc for ``spec``).
+
+    ``limit`` keeps the first ``limit`` images (official order).
+    """
+    spec, split = split_spec(spec, split)
+    if split not in SPLITS:
+        raise ConvertSNNError(f"unknown split '{split}'; use 'train' or 'test'")
+    if spec.lower() in TORCHVISION_DATASETS:
+        dataset = _load_torchvision(spec.lower(), split, data_dir, download)
+    elif spec.endswith(".npz") or Path(spec).is_file():
+        dataset = _load_npz(Path(spec), split)
+    else:
+        raise ConvertSNNError(
+            f"dataset '{spec}' is neither a file nor a known name; use an .npz path or one of "
+            f"{', '.join(TORCHVISION_DATASETS)}"
+        )
+    if limit is not None:
+        if limit < 1:
+            raise ConvertSNNError(f"--limit must be at least 1, got {limit}")
+        dataset = dataset.subset(0, limit)
+    return dataset
+
+
+def _as_nchw(images: np.ndarray, source: str) -> torch.Tensor:
+    if images.dtype != np.uint8:
+        raise ConvertSNNError(f"{source}: images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4:
+        images = images.transpose(0, 3, 1, 2)
+    else:
+        raise ConvertSNNError(
+            f"{source}: images must be [N, H, W] or [N, H, W, C], got shape {images.shape}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def _decode_jpeg(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack(
+        [
+            np.asarray(Image.open(io.BytesIO(data[a:b].tobytes())).convert("RGB"))
+            for a, b in itertools.pairwise(offsets)
+        ]
+    )
+
+
+def _load_npz(path: Path, split: str) -> ImageDataset:
+    if not path.is_file():
+        raise ConvertSNNError(f"dataset file not found: {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        keys = set(archive.files)
+    except Exception as err:  # numpy raises several types for a file that is not an npz
+        raise ConvertSNNError(f"{path} is not a readable .npz file ({err})") from None
+    with archive:
+        if f"x_{split}" in keys:
+            images = archive[f"x_{split}"]
+        elif f"{split}_jpeg" in keys and f"{split}_offsets" in keys:
+            images = _decode_jpeg(archive[f"{split}_jpeg"], archive[f"{split}_offsets"])
+        else:
+            raise ConvertSNNError(
+                f"{path} has no '{split}' split: expected arrays x_{split} and y_{split} "
+                f"(found {', '.join(sorted(keys))})"
+            )
+        if f"y_{split}" not in keys:
+            raise ConvertSNNError(f"{path} has images but no labels 'y_{split}'")
+        labels = torch.from_numpy(archive[f"y_{split}"].astype(np.int64))
+    tensor = _as_nchw(images, str(path))
+    if len(tensor) != len(labels):
+        raise ConvertSNNError(
+            f"{path}: {len(tensor)} images but {len(labels)} labels in split '{split}'"
+        )
+    return ImageDataset(tensor, labels, name=f"{path.name}:{split}")
+
+
+def _load_torchvision(
+    name: str, split: str, data_dir: str | os.PathLike | None, download: bool
+) -> ImageDataset:
+    import torchvision.datasets as tvd
+
+    root = Path(data_dir or os.environ.get("CONVERTSNN_DATA", "~/.cache/convertsnn/data"))
+    root = root.expanduser()
+    train = split == "train"
+    try:
+        if name == "svhn":
+            ds = tvd.SVHN(str(root), split=split, download=download)
+            images = torch.from_numpy(np.ascontiguousarray(ds.data))  # already [N, C, H, W]
+            labels = torch.as_tensor(ds.labels, dtype=torch.int64)
+            return ImageDataset(images, labels, name=f"svhn:{split}")
+        cls = {
+            "mnist": tvd.MNIST,
+            "fashion-mnist": tvd.FashionMNIST,
+            "cifar10": tvd.CIFAR10,
+            "cifar100": tvd.CIFAR100,
+        }[name]
+        ds = cls(str(root), train=train, download=download)
+    except (RuntimeError, OSError) as err:
+        hint = "" if download else " (downloads are off)"
+        raise ConvertSNNError(
+            f"could not load {name} from {root}{hint}: {str(err).splitlines()[0]}; "
+            "pass --data-dir to where it is stored, or an .npz file"
+        ) from None
+    data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return ImageDataset(_as_nchw(data, name), labels, name=f"{name}:{split}")

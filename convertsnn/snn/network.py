@@ -1,0 +1,133 @@
+"""The spiking network: encoder, time-folded body, mean readout.
+
+Shapes::
+
+    x        [B, C, H, W]        images in [0, 1] (normalisation is inside the body)
+    encoder  [T, B, C, H, W]     direct / Poisson / Gaussian coding
+    body     [T*B, C, H, W] -> [T*B, K]
+             stateless layers (conv, linear, pooling, adds) see time as batch; every IFNeuron
+             unfolds [T, B, ...], integrates over time and folds back
+    readout  [T, B, K] -> mean over T -> [B, K]
+
+The last layer of the body is non-spiking, so the readout is the mean of its outputs over time
+(equal to the last layer applied to the mean firing rate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.encoding import Encoder, parse_encoder
+from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
+from convertsnn.snn.surrogate import Surrogate, parse_surrogate
+
+
+class SpikingNetwork(nn.Module):
+    """A converted SNN that runs ``timesteps`` steps and averages its logits over time.
+
+    Args:
+        body: module mapping ``[T*B, ...]`` to ``[T*B, K]`` (usually a ``torch.fx.GraphModule``
+            whose ReLUs were replaced by :class:`IFNeuron`).
+        timesteps: number of simulation steps T.
+        encoder: input coding, ``"direct"`` by default.
+        metadata: JSON-serialisable facts that travel with the model (source, preprocessing,
+            input size, calibration, history).
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        timesteps: int,
+        encoder: str | Encoder = "direct",
+        metadata: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.encoder = parse_encoder(encoder)
+        self.metadata = dict(metadata or {})
+        self.timesteps = timesteps
+
+    @property
+    def timesteps(self) -> int:
+        return self._timesteps
+
+    @timesteps.setter
+    def timesteps(self, value: int) -> None:
+        if int(value) != value or value < 1:
+            raise ConvertSNNError(f"timesteps must be a positive integer, got {value}")
+        self._timesteps = int(value)
+
+    def neurons(self) -> Iterator[IFNeuron]:
+        """All spiking neurons of the body, in module order."""
+        return (m for m in self.body.modules() if isinstance(m, IFNeuron))
+
+    @property
+    def input_size(self) -> tuple[int, ...] | None:
+        size = self.metadata.get("input_size")
+        return tuple(size) if size else None
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a one-line error if ``x`` is not a batch of images of the expected size."""
+        expected = self.input_size
+        if expected and tuple(x.shape[1:]) != expected:
+            raise ConvertSNNError(
+                f"input of shape {tuple(x.shape)} does not match the model's input size "
+                f"[B, {', '.join(map(str, expected))}]; resize the images or use matching data"
+            )
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at every step, ``[T, B, K]``."""
+        self.check_input(x)
+        steps = 1 if self.gradient_mode == "ann" else self.timesteps
+        for neuron in self.neurons():
+            neuron.timesteps = steps
+        seq = self.encoder(x, steps)
+        out = self.body(seq.flatten(0, 1))
+        return out.view(steps, x.shape[0], *out.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean logits over time, ``[B, K]``."""
+        return self.forward_sequence(x).mean(0)
+
+    @property
+    def gradient_mode(self) -> str:
+        modes = {n.gradient_mode for n in self.neurons()}
+        return modes.pop() if len(modes) == 1 else "bptt"
+
+    def set_gradient(self, mode: str = "bptt", surrogate: str | Surrogate | None = None) -> None:
+        """Set how gradients flow through every neuron (see :class:`IFNeuron`)."""
+        if mode not in GRADIENT_MODES:
+            raise ConvertSNNError(
+                f"unknown gradient mode '{mode}'; choose one of {', '.join(GRADIENT_MODES)}"
+            )
+        parsed = parse_surrogate(surrogate) if surrogate is not None else None
+        for neuron in self.neurons():
+            neuron.gradient_mode = mode
+            if parsed is not None:
+                neuron.surrogate = parsed
+
+    @contextmanager
+    def gradient(self, mode: str = "bptt", surrogate: str | Surrogate | None = None):
+        """Temporarily use another gradient mode and/or surrogate (restored on exit)."""
+        saved = [(n, n.gradient_mode, n.surrogate) for n in self.neurons()]
+        self.set_gradient(mode, surrogate)
+        try:
+            yield self
+        finally:
+            for neuron, old_mode, old_surrogate in saved:
+                neuron.gradient_mode = old_mode
+                neuron.surrogate = old_surrogate
+
+    @property
+    def thresholds(self) -> dict[str, torch.Tensor]:
+        """Each neuron's threshold by module name."""
+        return {
+            name: m.threshold.detach()
+            for name, m in self.body.named_modules()
+            if isinstance(m, IFNeuron)
+        }

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.neurons import IFNeuron
+
+
+def run(neuron: IFNeuron, current: torch.Tensor, steps: int) -> torch.Tensor:
+    """Constant input ``current`` [B, N] for ``steps`` steps; returns outputs [T, B, N]."""
+    neuron.timesteps = steps
+    seq = current.unsqueeze(0).expand(steps, *current.shape).flatten(0, 1)
+    return neuron(seq).view(steps, *current.shape)
+
+
+def test_if_rate_approximates_clipped_relu():
+    neuron = IFNeuron(threshold=2.0, v_init=0.5)
+    current = torch.linspace(-1, 3, 41).view(1, -1)
+    rate = run(neuron, current, 200).mean(0)
+    target = current.clamp(0, 2.0)
+    assert (rate - target).abs().max() <= 2.0 / 200 + 1e-6
+
+
+def test_outputs_are_threshold_scaled_spikes():
+    neuron = IFNeuron(threshold=0.7)
+    out = run(neuron, torch.rand(4, 5), 8)
+    assert torch.isclose(out, torch.tensor(0.7)).logical_or(out == 0).all()
+
+
+def test_reset_to_zero_differs_from_subtraction():
+    current = torch.tensor([[0.75]])
+    subtract = run(IFNeuron(1.0, reset="subtract", v_init=0.0), current, 8).mean()
+    zero = run(IFNeuron(1.0, reset="zero", v_init=0.0), current, 8).mean()
+    # subtraction keeps the residue: 6 spikes in 8 steps; reset to zero loses it: 4 spikes
+    assert subtract.item() == pytest.approx(6 / 8)
+    assert zero.item() == pytest.approx(4 / 8)
+
+
+def test_leak_lowers_the_rate():
+    current = torch.tensor([[0.3]])
+    if_rate = run(IFNeuron(1.0, leak=1.0), current, 64).mean()
+    lif_rate = run(IFNeuron(1.0, leak=0.8), current, 64).mean()
+    assert lif_rate < if_rate
+
+
+def test_v_init_is_a_fraction_of_threshold():
+    out = run(IFNeuron(threshold=1.0, v_init=0.9), torch.tensor([[0.1]]), 1)
+    assert out.item() == 1.0  # 0.9 + 0.1 reaches the threshold at the first step
+
+
+def test_state_does_not_leak_between_calls():
+    neuron = IFNeuron(1.0)
+    x = torch.rand(2, 6)
+    assert torch.equal(run(neuron, x, 4), run(neuron, x, 4))
+
+
+def test_channel_wise_thresholds_broadcast_over_channels():
+    neuron = IFNeuron(threshold=torch.tensor([1.0, 2.0]))
+    neuron.timesteps = 100
+    x = torch.full((100, 2, 3, 3), 0.5)  # T*B with B=1
+    rate = neuron(x).view(100, 1, 2, 3, 3).mean(0)
+    assert rate[0, 0].mean().item() == pytest.approx(0.5, abs=0.02)
+    assert rate[0, 1].mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("mode", ["bptt", "bptr"])
+def test_gradients_reach_the_input(mode):
+    neuron = IFNeuron(1.0)
+    neuron.gradient_mode = mode
+    x = torch.rand(8 * 3, 5, requires_grad=True)
+    neuron.timesteps = 8
+    neuron(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_ann_mode_is_relu():
+    neuron = IFNeuron(1.0)
+    neuron.gradient_mode = "ann"
+    x = torch.randn(10, 4)
+    assert torch.equal(neuron(x), torch.relu(x))
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ConvertSNNError):
+        IFNeuron(leak=1.5)
+    with pytest.raises(ConvertSNNError):
+        IFNeuron(reset="soft")
+    neuron = IFNeuron()
+    neuron.timesteps = 3
+    with pytest.raises(ConvertSNNError):
+        neuron(torch.rand(4, 2))
