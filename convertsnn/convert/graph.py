@@ -5,10 +5,19 @@ Normalisation, in order:
 1. functional ReLUs (``F.relu``, ``torch.relu``, ``x.relu()``, in-place variants, ``F.relu6``,
    ``F.hardtanh`` with ``min_val=0``) become activation modules, so every activation is a module
    the converter can replace;
-2. Dropout and Identity modules are removed (they are the identity at inference);
-3. BatchNorm directly after a conv/linear layer (and used only there) is folded into it; a
-   BatchNorm elsewhere (e.g. after a residual add in pre-activation ResNets) stays as a layer;
-4. every remaining node is checked against the supported ops; anything else raises a one-line
+2. an activation module called at several places (torchvision's ResNet blocks call
+   ``self.relu`` twice) gets one copy per call, so every call site becomes its own spiking layer
+   with its own threshold;
+3. Dropout and Identity modules and functional dropout calls are removed (they are the identity
+   at inference);
+4. max-pooling (``nn.MaxPool2d``, ``F.max_pool2d``) becomes
+   :class:`~convertsnn.snn.pooling.SpikingMaxPool2d`, a plain max-pool in the ANN and a
+   spike-count gated max-pool in the SNN (see docs/conversion.md for the measured policy);
+5. BatchNorm directly after a conv/linear layer (and used only there) is folded into it; a
+   BatchNorm elsewhere (e.g. after a residual add in pre-activation ResNets) stays as a layer.
+   The folded layer's node keeps the BatchNorm's output statistics in ``node.meta["bn_stats"]``
+   (used by data-free calibration);
+6. every remaining node is checked against the supported ops; anything else raises a one-line
    :class:`ConvertSNNError` naming the op and the node.
 """
 
@@ -26,10 +35,13 @@ from convertsnn.convert.ops import ACTIVATION_TYPES, REMOVED_MODULES
 from convertsnn.errors import ConvertSNNError
 from convertsnn.layers import Normalize
 from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.pooling import SpikingMaxPool2d
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _RELU_METHODS = {"relu", "relu_"}
 _CLIP_FUNCTIONS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+_MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 
 _NON_RELU = {
     "gelu": "GELU",
@@ -56,7 +68,9 @@ class _Tracer(fx.Tracer):
     """Keeps convertsnn's own layers as leaves (they hold shape logic fx cannot trace)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Normalize, IFNeuron)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Normalize, IFNeuron, SpikingMaxPool2d)) or super().is_leaf_module(
+            m, qualname
+        )
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -89,9 +103,18 @@ def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
     return getattr(node.target, "__name__", str(node.target)).lower().rstrip("_")
 
 
+def _has_module(gm: fx.GraphModule, name: str) -> bool:
+    try:
+        gm.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def _add_module(gm: fx.GraphModule, stem: str, module: nn.Module) -> str:
+    """Add ``module`` under ``stem`` (or ``stem_1``, ``stem_2``, ... if taken); its name."""
     name, i = stem, 0
-    while hasattr(gm, name):
+    while _has_module(gm, name):
         i += 1
         name = f"{stem}_{i}"
     gm.add_submodule(name, module)
@@ -132,10 +155,56 @@ def _modularise_activations(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
 
 
+def _unshare_activations(gm: fx.GraphModule) -> None:
+    """Give every call of a shared activation module its own copy (own neuron, own threshold)."""
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if not isinstance(module, ACTIVATION_TYPES):
+            continue
+        if node.target in seen:
+            node.target = _add_module(gm, node.target, copy.deepcopy(module))
+        seen.add(node.target)
+
+
 def _remove_identities(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), REMOVED_MODULES):
+        removed = node.op == "call_module" and isinstance(
+            gm.get_submodule(node.target), REMOVED_MODULES
+        )
+        removed |= node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS
+        if removed:
             node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
+def _spiking_maxpools(gm: fx.GraphModule) -> None:
+    """Replace max-pooling modules and calls with :class:`SpikingMaxPool2d`."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.MaxPool2d:
+            pool = gm.get_submodule(node.target)
+            if pool.return_indices:
+                continue  # left for check_supported to reject
+            gm.add_submodule(
+                node.target,
+                SpikingMaxPool2d(
+                    pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
+                ),
+            )
+        elif node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS:
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+            kwargs = dict(zip(names, node.args[1:], strict=False))
+            kwargs.update(node.kwargs)
+            if kwargs.pop("return_indices", False) or "kernel_size" not in kwargs:
+                continue
+            if not kwargs.get("stride"):  # F.max_pool2d's stride=None / [] mean kernel_size
+                kwargs["stride"] = None
+            name = _add_module(gm, f"maxpool_{node.name}", SpikingMaxPool2d(**kwargs))
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
 
 
@@ -151,12 +220,18 @@ def _fold_batchnorm(gm: fx.GraphModule) -> int:
         if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
             continue
         layer = gm.get_submodule(prev.target)
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            continue
+        # BN output on its training data: mean beta, std |gamma| * sqrt(var / (var + eps)).
+        std = (bn.running_var / (bn.running_var + bn.eps)).sqrt().detach()
+        if bn.affine:
+            prev.meta["bn_stats"] = (bn.bias.detach().clone(), bn.weight.detach().abs() * std)
+        else:
+            prev.meta["bn_stats"] = (torch.zeros_like(std), std)
         if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
             fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
-        elif isinstance(layer, nn.Linear):
-            fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
-            continue
+            fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         fused.weight.requires_grad_(True)
         fused.bias.requires_grad_(True)
         gm.add_submodule(prev.target, fused)
@@ -228,7 +303,9 @@ def prepare_ann(model: nn.Module) -> fx.GraphModule:
     """Trace and normalise ``model``: the graph the converter and calibration work on."""
     gm = trace(model)
     _modularise_activations(gm)
+    _unshare_activations(gm)
     _remove_identities(gm)
+    _spiking_maxpools(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     _fold_batchnorm(gm)

@@ -15,6 +15,7 @@ from torch import nn
 
 from convertsnn.layers import Normalize
 from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.pooling import SpikingMaxPool2d
 
 
 def _attrs(*names: str) -> Callable[[nn.Module], dict]:
@@ -56,6 +57,10 @@ MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict]]] = {
     ),
     "MaxPool2d": (
         nn.MaxPool2d,
+        _attrs("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    ),
+    "SpikingMaxPool2d": (
+        SpikingMaxPool2d,
         _attrs("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     ),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _attrs("output_size")),

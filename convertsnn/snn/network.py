@@ -24,6 +24,7 @@ from torch import nn
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.encoding import Encoder, parse_encoder
 from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
+from convertsnn.snn.pooling import SpikingMaxPool2d
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
 
@@ -84,8 +85,9 @@ class SpikingNetwork(nn.Module):
         """Logits at every step, ``[T, B, K]``."""
         self.check_input(x)
         steps = 1 if self.gradient_mode == "ann" else self.timesteps
-        for neuron in self.neurons():
-            neuron.timesteps = steps
+        for module in self.body.modules():
+            if isinstance(module, (IFNeuron, SpikingMaxPool2d)):
+                module.timesteps = steps
         seq = self.encoder(x, steps)
         out = self.body(seq.flatten(0, 1))
         return out.view(steps, x.shape[0], *out.shape[1:])

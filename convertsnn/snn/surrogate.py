@@ -74,7 +74,7 @@ class Surrogate:
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """The surrogate of ``dH/dx`` at ``x = u - theta``, same shape as ``x``."""
-        return _DERIVATIVES[self.family](x, self.g)
+        return surrogate_derivative(self.family, x, self.g)
 
     def spike(self, x: torch.Tensor) -> torch.Tensor:
         """Heaviside step of ``x`` with this surrogate in the backward pass."""
@@ -82,6 +82,12 @@ class Surrogate:
 
     def __str__(self) -> str:
         return self.family if self.family == "ste" else f"{self.family}:{self.g:g}"
+
+
+def surrogate_derivative(family: str, x: torch.Tensor, g: float | torch.Tensor) -> torch.Tensor:
+    """``dH/dx`` of ``family`` at ``x``; ``g`` may be a tensor broadcastable to ``x`` (one
+    parameter per neuron and step, as the adaptive surrogate of :mod:`convertsnn.attacks` uses)."""
+    return _DERIVATIVES[family](x, g)
 
 
 def parse_surrogate(spec: str | Surrogate) -> Surrogate:
