@@ -1,16 +1,22 @@
 """Base class of all attacks: pixel-space [0, 1] inputs, L-inf or L2 balls, EOT gradients.
 
 After torchattacks: the base class owns the boring parts (eval mode, projection, losses, EOT),
-subclasses write :meth:`Attack.perturb`. Gradients through an SNN come from whatever gradient
-mode the model is set to (see :meth:`SpikingNetwork.gradient`).
+subclasses write :meth:`Attack.perturb`. Gradients through an SNN come from the attack's
+``gradient_mode`` (see :mod:`convertsnn.attacks.gradient_modes`; by default whatever mode the
+model is set to). Every gradient is checked: all-zero and non-finite gradients are counted in
+``attack.grad_stats`` (non-finite entries are zeroed) for the sanity checks of
+:mod:`convertsnn.eval.sanity`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convertsnn.attacks.gradient_modes import GradientMode, parse_gradient_mode
 from convertsnn.errors import ConvertSNNError
 
 NORMS = ("linf", "l2")
@@ -35,11 +41,48 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin / scale
 
 
-def per_sample_loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Loss to maximise, per sample ``[B]``: ``ce`` or ``dlr``."""
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss per sample (Croce & Hein 2020), ``[B]``; needs at least 4 classes.
+
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, maximised when class ``t`` wins.
+    """
+    sorted_logits, _ = logits.sort(dim=1)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wanted = logits.gather(1, target[:, None]).squeeze(1)
+    scale = sorted_logits[:, -1] - 0.5 * (sorted_logits[:, -3] + sorted_logits[:, -4]) + 1e-12
+    return -(true - wanted) / scale
+
+
+def per_sample_loss(
+    name: str, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Loss to maximise, per sample ``[B]``: ``ce``, ``dlr`` or ``dlr-targeted`` (needs target)."""
     if name == "ce":
         return F.cross_entropy(logits, y, reduction="none")
+    if name == "dlr-targeted":
+        return dlr_targeted_loss(logits, y, target)
     return dlr_loss(logits, y)
+
+
+@dataclass
+class GradientStats:
+    """Counts over (sample, step) pairs of samples still classified correctly (the gradients
+    that matter; a misclassified sample may sit where a loss such as DLR is flat): how many
+    input gradients were all zero or non-finite."""
+
+    samples: int = 0
+    zero: int = 0
+    nonfinite: int = 0
+
+    def check(self, grad: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """Count ``grad`` ``[B, ...]`` where ``counted`` ``[B]``; return it with non-finite
+        entries set to 0."""
+        finite = torch.isfinite(grad)
+        grad = torch.where(finite, grad, torch.zeros_like(grad))
+        self.samples += int(counted.sum())
+        self.nonfinite += int(((~finite).flatten(1).any(dim=1) & counted).sum())
+        self.zero += int(((grad.flatten(1) == 0).all(dim=1) & counted).sum())
+        return grad
 
 
 class Attack:
@@ -49,12 +92,23 @@ class Attack:
         model: returns logits ``[B, K]`` for images ``[B, C, H, W]``.
         eps: radius of the threat model (e.g. 8/255 for L-inf).
         norm: ``"linf"`` or ``"l2"``.
-        eot: gradient samples averaged per step (for stochastic models; 1 otherwise).
+        eot: draws averaged per gradient and per prediction (stochastic models; 1 otherwise).
+        gradient_mode: how gradients pass the spiking neurons, e.g. ``"bptt:triangle:0.5"``,
+            ``"bptr"``, ``"ann"``, ``"adaptive"`` (see :mod:`convertsnn.attacks.gradient_modes`);
+            ``None`` keeps the model's own mode.
     """
 
     name = "attack"
+    blackbox = False  # True for attacks that only query the model (no gradients of it)
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "linf", eot: int = 1) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        eot: int = 1,
+        gradient_mode: str | GradientMode | None = None,
+    ) -> None:
         if not eps >= 0:
             raise ConvertSNNError(f"eps must be >= 0, got {eps}")
         if norm not in NORMS:
@@ -65,14 +119,19 @@ class Attack:
         self.eps = float(eps)
         self.norm = norm
         self.eot = int(eot)
+        self.gradient_mode = parse_gradient_mode(gradient_mode)
+        self.grad_stats = GradientStats()
+        self._binding = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for ``(x, y)``; the model is run in eval mode."""
         was_training = self.model.training
         self.model.eval()
+        self._binding = self.gradient_mode.bind(self.model)  # one binding per run
         try:
             x_adv = self.perturb(x.detach(), y.detach())
         finally:
+            self._binding = None
             self.model.train(was_training)
         return self.project(x_adv.detach(), x.detach())
 
@@ -109,29 +168,43 @@ class Attack:
         return (x + delta).clamp(0, 1)
 
     def gradient(
-        self, x: torch.Tensor, y: torch.Tensor, loss: str = "ce"
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss: str = "ce",
+        target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Input gradient of the summed loss, averaged over ``eot`` draws.
+        """Input gradient of the summed loss in the attack's gradient mode, averaged over ``eot``
+        draws (expectation over transformation, Athalye et al. 2018).
 
-        Returns ``(grad, per-sample loss, logits)``; loss and logits are EOT means.
+        Returns ``(grad, per-sample loss, logits)``; loss and logits are EOT means of the model
+        itself (in ``ann`` mode from an extra forward pass of the model, not of the proxy).
         """
+        binding = self._binding or self.gradient_mode.bind(self.model)
         grad = torch.zeros_like(x)
         total_loss = torch.zeros(x.shape[0], device=x.device)
-        total_logits = None
+        total_logits = torch.zeros((), device=x.device)
         for _ in range(self.eot):
             x_in = x.clone().requires_grad_(True)
-            logits = self.model(x_in)
-            losses = per_sample_loss(loss, logits, y)
-            (g,) = torch.autograd.grad(losses.sum(), x_in)
+            with binding():
+                logits = self.model(x_in)
+                losses = per_sample_loss(loss, logits, y, target)
+                (g,) = torch.autograd.grad(losses.sum(), x_in)
             grad += g
             total_loss += losses.detach()
-            total_logits = (
-                logits.detach() if total_logits is None else total_logits + logits.detach()
-            )
-        return grad / self.eot, total_loss / self.eot, total_logits / self.eot
+            total_logits = total_logits + logits.detach()
+        logits = total_logits / self.eot
+        if not self.gradient_mode.exact:
+            logits = self.logits(x)
+            total_loss = per_sample_loss(loss, logits, y, target) * self.eot
+        grad = self.grad_stats.check(grad / self.eot, logits.argmax(1) == y)
+        return grad, total_loss / self.eot, logits
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the model (EOT mean over ``eot`` draws), no gradients."""
+        with torch.no_grad():
+            return sum(self.model(x) for _ in range(self.eot)) / self.eot
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted labels (EOT mean of the logits for stochastic models)."""
-        with torch.no_grad():
-            logits = sum(self.model(x) for _ in range(self.eot)) / self.eot
-        return logits.argmax(dim=1)
+        return self.logits(x).argmax(dim=1)

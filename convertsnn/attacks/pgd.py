@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from convertsnn.attacks.base import LOSSES, Attack
+from convertsnn.attacks.gradient_modes import GradientMode
 from convertsnn.errors import ConvertSNNError
 
 
@@ -13,7 +14,7 @@ class PGD(Attack):
     """Projected gradient ascent on CE or DLR (margin) loss.
 
     Args:
-        model, eps, norm, eot: see :class:`Attack`.
+        model, eps, norm, eot, gradient_mode: see :class:`Attack`.
         steps: iterations per restart (default 20).
         alpha: step size; default ``2.5 * eps / steps`` (Madry et al.).
         loss: ``"ce"`` or ``"dlr"``.
@@ -37,8 +38,9 @@ class PGD(Attack):
         loss: str = "ce",
         restarts: int = 1,
         random_start: bool = True,
+        gradient_mode: str | GradientMode | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, eot)
+        super().__init__(model, eps, norm, eot, gradient_mode)
         if steps < 1 or restarts < 1:
             raise ConvertSNNError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
         if loss not in LOSSES:

@@ -7,21 +7,31 @@ from pathlib import Path
 import click
 from torch.utils.data import DataLoader
 
-from convertsnn.cli.options import device_option, parse_number_list, resolve_device
+from convertsnn.cli.options import (
+    device_option,
+    parse_int_list,
+    parse_number_list,
+    resolve_device,
+)
 from convertsnn.convert import convert
 from convertsnn.convert.calibration import list_calibrations
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
-from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.importers import Preprocessing, load_ann, source_stem
 from convertsnn.snn.serialize import save_snn
 
+NO_DATA_CALIBRATION = "bnstats"
 
-def _preprocessing(mean: str | None, std: str | None) -> Preprocessing | None:
-    if mean is None and std is None:
+
+def _preprocessing(
+    mean: str | None, std: str | None, input_size: str | None
+) -> Preprocessing | None:
+    if mean is None and std is None and input_size is None:
         return None
     return Preprocessing(
         mean=tuple(parse_number_list(mean, "--mean")) if mean else None,
         std=tuple(parse_number_list(std, "--std")) if std else None,
+        input_size=tuple(parse_int_list(input_size, "--input-size")) if input_size else None,
     )
 
 
@@ -40,9 +50,8 @@ def _preprocessing(mean: str | None, std: str | None) -> Preprocessing | None:
 )
 @click.option(
     "--calibration",
-    default="percentile:99.99",
-    show_default=True,
-    help=f"Threshold method: {', '.join(list_calibrations())} (NAME or NAME:ARG).",
+    help=f"Threshold method: {', '.join(list_calibrations())} (NAME or NAME:ARG) "
+    "[default: percentile:99.99 with --calib, bnstats (data-free) without].",
 )
 @click.option("--neuron", type=click.Choice(["if", "lif"]), default="if", show_default=True)
 @click.option("--leak", default=1.0, show_default=True, type=float, help="Membrane leak for LIF.")
@@ -58,27 +67,56 @@ def _preprocessing(mean: str | None, std: str | None) -> Preprocessing | None:
 @click.option("--arch", help="Architecture of a plain state dict (see `convertsnn models`).")
 @click.option("--mean", help="Per-channel input mean, e.g. 0.4914,0.4822,0.4465.")
 @click.option("--std", help="Per-channel input std.")
+@click.option(
+    "--input-size", help="Input size C,H,W (e.g. 3,32,32) when the source leaves it open."
+)
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), help="Local pretrained weights for timm:NAME."
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False),
+    help="RobustBench model directory for robustbench:DATASET/THREAT/NAME [default: ./models].",
+)
 @click.option("--data-dir", type=click.Path(), help="Where torchvision datasets are stored.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Output file (.safetensors).")
 @device_option
 def command(
     source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
-    surrogate, arch, mean, std, data_dir, batch_size, out, device,
+    surrogate, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
 ) -> None:  # fmt: skip
-    """Convert the ANN SOURCE (a checkpoint) into a spiking network file."""
+    """Convert the ANN SOURCE into a spiking network file.
+
+    SOURCE is a .onnx file, a checkpoint (.pt/.pth/.th/.safetensors, with --arch),
+    timm:NAME (with --weights FILE) or robustbench:DATASET/THREAT/NAME (with --model-dir).
+    """
     if timesteps < 1:
         raise ConvertSNNError(f"--timesteps must be at least 1, got {timesteps}")
     if batch_size < 1:
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
     device = resolve_device(device)
-    ann = load_ann(source, arch=arch, preprocessing=_preprocessing(mean, std))
+    ann = load_ann(
+        source,
+        arch=arch,
+        preprocessing=_preprocessing(mean, std, input_size),
+        weights=weights,
+        model_dir=model_dir,
+    )
     loader = None
     if calib_data:
         calib = load_dataset(calib_data, split="train", data_dir=data_dir, limit=calib_images)
         ann.preprocessing.input_size = ann.preprocessing.input_size or calib.image_size
         ann.preprocessing.num_classes = ann.preprocessing.num_classes or calib.num_classes
         loader = DataLoader(calib, batch_size=batch_size)
+    if calibration is None:
+        calibration = "percentile:99.99" if loader else NO_DATA_CALIBRATION
+        if not loader:
+            click.echo(
+                f"no --calib data: thresholds from BatchNorm statistics ({calibration}, "
+                "data-free); for higher accuracy pass --calib DATA (a few hundred training "
+                "images) and --calibration biascal or qcfs (see docs/conversion.md)"
+            )
     metadata = ann.metadata()
     metadata["calibration_data"] = (
         {"spec": calib_data, "images": len(loader.dataset)} if loader else None
@@ -88,7 +126,7 @@ def command(
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
         metadata=metadata,
     )  # fmt: skip
-    path = Path(out or f"{Path(source).stem}_snn_T{timesteps}.safetensors")
+    path = Path(out or f"{source_stem(source)}_snn_T{timesteps}.safetensors")
     save_snn(snn, path)
     click.echo(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "

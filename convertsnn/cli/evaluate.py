@@ -1,11 +1,13 @@
-"""``convertsnn evaluate``: clean and adversarial accuracy of an SNN file over timesteps."""
+"""``convertsnn evaluate``: clean and adversarial accuracy of an SNN file over timesteps: one
+attack or an attack suite per eps, sanity flags, AutoAttack cross-check, reports, resumable."""
 
 from __future__ import annotations
 
-import click
-from torch.utils.data import DataLoader
+import json
+from pathlib import Path
 
-from convertsnn.attacks import ATTACKS
+import click
+
 from convertsnn.cli.options import (
     device_option,
     parse_int_list,
@@ -14,22 +16,67 @@ from convertsnn.cli.options import (
 )
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
-from convertsnn.eval.report import rows_table, write_json
-from convertsnn.eval.robustness import evaluate_over_timesteps
-from convertsnn.snn.serialize import load_snn
+from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
+from convertsnn.eval.robustness import evaluate_robustness
+from convertsnn.eval.state import StateDir
+from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite
+from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
+from convertsnn.zoo import resolve_model_file
+
+# which CLI options each attack takes (as keyword arguments of the attack class)
+ATTACK_OPTIONS = {
+    "fgsm": (),
+    "rfgsm": ("alpha",),
+    "pgd": ("steps", "alpha", "restarts", "loss"),
+    "apgd-ce": ("steps", "restarts"),
+    "apgd-dlr": ("steps", "restarts"),
+    "apgd-t": ("steps", "targets", "restarts"),
+    "square": ("queries",),
+    "transfer": ("steps", "restarts"),
+}
 
 
-def attack_factory(name: str, steps: int, alpha: float | None, restarts: int):
-    """A function ``(model, eps) -> Attack`` for the CLI's attack options."""
-    if name not in ATTACKS:
-        raise ConvertSNNError(f"unknown attack '{name}'; choose one of {', '.join(ATTACKS)}")
+def attack_params(name: str, options: dict) -> dict:
+    """The given CLI options that attack ``name`` takes (unset ones keep the attack's default)."""
+    if name not in ATTACK_OPTIONS:
+        raise ConvertSNNError(
+            f"unknown attack '{name}'; choose none or one of {', '.join(ATTACK_OPTIONS)}"
+        )
+    return {k: options[k] for k in ATTACK_OPTIONS[name] if options.get(k) is not None}
 
-    def make(model, eps):
-        if name == "pgd":
-            return ATTACKS[name](model, eps, steps=steps, alpha=alpha, restarts=restarts)
-        return ATTACKS[name](model, eps)
 
-    return make
+def command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the parsed options (non-default ones only)."""
+    parts = ["convertsnn", ctx.info_name or "evaluate", str(ctx.params["model_file"])]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Option) and value is not None and value != param.default:
+            flag = param.opts[0] if value is not False else param.secondary_opts[0]
+            parts += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return " ".join(parts)
+
+
+def write_report(directory: str, document: dict) -> list[Path]:
+    """``report.md``, ``results.json`` and the PNG plots in ``directory``."""
+    from convertsnn.eval import plots
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    title = Path(document["model"]).name
+    images = [
+        plots.accuracy_vs_eps(document["rows"], folder / "accuracy_vs_eps.png", title),
+        plots.accuracy_vs_timesteps(document["rows"], folder / "accuracy_vs_T.png", title),
+    ]
+    for row in document["rows"]:
+        for key, detail in row["details"].items():
+            name = f"breaks_{row['model'].replace(' ', '').replace('=', '')}_eps{key}.png"
+            images.append(plots.breaks_per_run(detail, folder / name,
+                                               f"{row['model']}, eps={float(key):.4g}"))  # fmt: skip
+    images = [p for p in images if p is not None]
+    report = markdown_report(document, [p.name for p in images])
+    atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text(report))
+    write_json(folder / "results.json", document)
+    return [folder / "report.md", folder / "results.json", *images]
 
 
 @click.command("evaluate")
@@ -41,19 +88,57 @@ def attack_factory(name: str, steps: int, alpha: float | None, restarts: int):
     "--timesteps", "-T", default=None, help="Comma-separated T values (default: the model's T)."
 )
 @click.option(
-    "--attack", default="none", show_default=True, help="none, pgd or fgsm (white-box, BPTT)."
+    "--suite",
+    type=click.Choice(list(SUITES)),
+    default=None,
+    help="Attack suite: per-sample worst case over attacks and gradient modes, with early "
+    "exit (see docs/evaluation.md).",
 )
 @click.option(
-    "--eps",
-    default="8/255",
+    "--attack",
+    default="none",
     show_default=True,
-    help="Comma-separated L-inf radii, e.g. 2/255,8/255.",
+    help=f"A single attack instead of a suite: none, {', '.join(ATTACK_OPTIONS)}.",
 )
-@click.option("--steps", default=20, show_default=True, type=int, help="PGD steps.")
-@click.option("--alpha", default=None, help="PGD step size (default 2.5*eps/steps).")
-@click.option("--restarts", default=1, show_default=True, type=int, help="PGD restarts.")
 @click.option(
-    "--surrogate", default=None, help="Surrogate for the attack's gradients (default: the model's)."
+    "--eps", default="8/255", show_default=True, help="Comma-separated radii, e.g. 2/255,8/255."
+)
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--steps", default=None, type=int, help="Iterations (default: 20 PGD, 100 APGD).")
+@click.option("--alpha", default=None, help="PGD step size (default 2.5*eps/steps).")
+@click.option("--restarts", default=None, type=int, help="Random restarts (default 1).")
+@click.option("--loss", type=click.Choice(["ce", "dlr"]), default=None, help="PGD loss (ce).")
+@click.option("--queries", default=None, type=int, help="Square queries (default 5000).")
+@click.option("--targets", default=None, type=int, help="APGD-T target classes (default 9).")
+@click.option(
+    "--gradient",
+    default=None,
+    help="Gradient mode of a single attack: bptt:FAMILY[:G], bptr, ann, adaptive[:FAMILY[:A]].",
+)
+@click.option(
+    "--surrogate", default=None, help="The model's BPTT surrogate for the attacks (FAMILY[:G])."
+)
+@click.option(
+    "--eot",
+    default=None,
+    type=int,
+    help="Draws per gradient and per accuracy estimate (default 20 for Poisson/Gaussian "
+    "encoders, else 1).",
+)
+@click.option(
+    "--autoattack",
+    type=click.Choice(["standard", "rand"]),
+    default=None,
+    help="Also run pyautoattack on the SNN as a cross-check.",
+)
+@click.option(
+    "--autoattack-mode",
+    default="native",
+    show_default=True,
+    help="Gradient mode AutoAttack sees (native = the model's surrogate).",
+)
+@click.option(
+    "--sanity/--no-sanity", default=True, show_default=True, help="Run the sanity checks."
 )
 @click.option("--attack-timesteps", default=None, help="Attack only at these T (default: every T).")
 @click.option(
@@ -67,47 +152,91 @@ def attack_factory(name: str, steps: int, alpha: float | None, restarts: int):
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for random starts.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option(
+    "--report", type=click.Path(file_okay=False), help="Write report.md, JSON and PNGs here."
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    help="State directory: progress is saved there and a rerun with the same settings resumes.",
+)
 @device_option
+@click.pass_context
 def command(
-    model_file, data, timesteps, attack, eps, steps, alpha, restarts, surrogate,
-    attack_timesteps, ann, limit, data_dir, batch_size, seed, out, device,
+    ctx, model_file, data, timesteps, suite, attack, eps, norm, steps, alpha, restarts, loss,
+    queries, targets, gradient, surrogate, eot, autoattack, autoattack_mode, sanity,
+    attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, resume, device,
 ) -> None:  # fmt: skip
-    """Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`)."""
+    """Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."""
     import torch
 
+    if suite and attack != "none":
+        raise ConvertSNNError("give either --suite or --attack, not both")
+    if suite and gradient:
+        raise ConvertSNNError("--gradient is for a single --attack; suites choose their modes")
+    if batch_size < 1 or (eot is not None and eot < 1):
+        raise ConvertSNNError("--batch-size and --eot must be at least 1")
+    evaluation = None
+    if suite:
+        evaluation = get_suite(suite)
+    elif attack != "none":
+        options = {"steps": steps, "restarts": restarts, "loss": loss, "queries": queries,
+                   "targets": targets,
+                   "alpha": parse_number_list(alpha, "--alpha")[0] if alpha else None}  # fmt: skip
+        evaluation = single_attack_suite(attack, attack_params(attack, options), gradient)
+    if (autoattack or resume) and evaluation is None:
+        raise ConvertSNNError("--autoattack and --resume need --suite or --attack")
     torch.manual_seed(seed)
     device = resolve_device(device)
-    snn = load_snn(model_file, device)
+    snn = load_snn(resolve_model_file(model_file), device)
     ts = parse_int_list(timesteps, "--timesteps") if timesteps else [snn.timesteps]
     dataset = load_dataset(data, split="test", data_dir=data_dir, limit=limit)
     if snn.input_size and dataset.image_size != snn.input_size:
         raise ConvertSNNError(
             f"images in {data} are {dataset.image_size} but the model expects {snn.input_size}"
         )
-    loader = DataLoader(dataset, batch_size=batch_size)
-    make_attack, eps_values = None, []
-    if attack != "none":
-        eps_values = parse_number_list(eps, "--eps")
-        step_size = parse_number_list(alpha, "--alpha")[0] if alpha else None
-        make_attack = attack_factory(attack, steps, step_size, restarts)
-    rows = evaluate_over_timesteps(
-        snn, loader, ts, eps_values, make_attack, include_ann=ann,
+    eps_values = parse_number_list(eps, "--eps") if evaluation else []
+    if any(e < 0 for e in eps_values):
+        raise ConvertSNNError(f"--eps must be >= 0, got {eps}")
+    draws = eot if eot is not None else (20 if snn.encoder.stochastic else 1)
+    settings = {
+        "model": str(model_file), "data": dataset.name, "images": len(dataset),
+        "timesteps": ts, "eps": eps_values, "norm": norm, "eot": draws, "seed": seed,
+        "batch_size": batch_size, "surrogate": surrogate, "ann": ann,
+        "suite": {"name": evaluation.name, "description": evaluation.description}
+        if evaluation else None,
+    }  # fmt: skip
+    state = StateDir(resume, settings) if resume else None
+    x, y = (t.to(device) for t in dataset.tensors())
+    rows = evaluate_robustness(
+        snn, x, y, ts, eps_values, evaluation, norm=norm, include_ann=ann,
         attack_timesteps=parse_int_list(attack_timesteps, "--attack-timesteps") if attack_timesteps else None,
-        surrogate=surrogate, device=device,
+        surrogate=surrogate, eot=draws, batch_size=batch_size, seed=seed, sanity=sanity,
+        autoattack=autoattack, autoattack_mode=autoattack_mode, state=state,
     )  # fmt: skip
-    label = f"{attack}-{steps}" if attack == "pgd" else attack
     click.echo(f"{model_file} on {len(dataset)} images of {dataset.name}")
-    click.echo(rows_table(rows, label if attack != "none" else ""))
+    click.echo(rows_table(rows, evaluation.name if evaluation else ""))
+    for row in rows:
+        for key, detail in row.details.items():
+            click.echo(f"\n{row.model}, eps={float(key):.4g}: robust {100 * detail['robust']:.2f}%")
+            click.echo(runs_table(detail, per_run=False))
+            if "autoattack" in detail:
+                aa = detail["autoattack"]
+                click.echo(f"AutoAttack {aa['version']} [{aa['mode']}]: {100 * aa['robust']:.2f}%")
+            if detail["flags"]:
+                click.echo(flags_text(detail["flags"]))
+    document = {
+        **settings,
+        "command": command_line(ctx),
+        "attack": {"name": attack, "steps": steps, "alpha": alpha, "restarts": restarts,
+                   "surrogate": surrogate, "gradient": gradient, "eps": eps_values},
+        "rows": rows,
+        "versions": package_versions(),
+    }  # fmt: skip
     if out:
-        write_json(
-            out,
-            {
-                "model": str(model_file),
-                "data": dataset.name,
-                "images": len(dataset),
-                "attack": {"name": attack, "steps": steps, "alpha": alpha, "restarts": restarts,
-                           "surrogate": surrogate, "eps": eps_values},
-                "rows": rows,
-            },
-        )  # fmt: skip
+        write_json(out, document)
         click.echo(f"wrote {out}")
+    if report:
+        document = json.loads(json.dumps(document, default=vars))
+        written = write_report(report, document)
+        click.echo(f"wrote {', '.join(str(p) for p in written)}")

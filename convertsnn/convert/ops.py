@@ -108,8 +108,11 @@ FUNCTIONS: dict[str, Callable] = {
 }
 
 METHODS = frozenset(
-    {"add", "sub", "mul", "div", "view", "reshape", "flatten", "size", "mean", "contiguous"}
-)
+    {
+        "add", "sub", "mul", "div", "view", "reshape", "flatten", "size", "mean", "contiguous",
+        "permute", "squeeze", "unsqueeze",
+    }
+)  # fmt: skip
 
 # Ops that multiply or divide their arguments: allowed only with one constant side.
 PRODUCT_OPS = frozenset({"operator.mul", "torch.mul", "operator.truediv", "mul", "div"})

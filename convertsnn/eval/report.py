@@ -48,3 +48,74 @@ def write_json(path: str | os.PathLike, result: dict) -> Path:
     )
     atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
     return path
+
+
+def runs_table(summary: dict, markdown: bool = False, per_run: bool = True) -> str:
+    """The runs of one suite result (a ``SuiteResult.summary()``), in order.
+
+    ``per_run=False`` sums runs of the same attack (a short form for the terminal).
+    """
+    header = ["run", "attacked", "broke", "robust after %", "seconds", "zero grads %"]
+    groups: dict[str, dict] = {}
+    for r in summary["runs"]:
+        key = r["label"] if per_run else r["attack"] + (" (black-box)" if r["blackbox"] else "")
+        key += f" ({r['note']})" if r.get("note") else ""
+        g = groups.setdefault(key, {"attacked": 0, "lowered": 0, "seconds": 0.0, "samples": 0,
+                                    "zero": 0, "robust_after": 0.0, "runs": 0})  # fmt: skip
+        g["runs"] += 1
+        for k in ("attacked", "lowered", "seconds"):
+            g[k] += r[k]
+        g["samples"] += r["gradients"].get("samples", 0)
+        g["zero"] += r["gradients"].get("zero", 0)
+        g["robust_after"] = r["robust_after"]
+    lines = [
+        [name if per_run else f"{name} x{g['runs']}", str(g["attacked"]), str(g["lowered"]),
+         f"{100 * g['robust_after']:.2f}", f"{g['seconds']:.1f}",
+         f"{100 * g['zero'] / g['samples']:.1f}" if g["samples"] else "-"]
+        for name, g in groups.items()
+    ]  # fmt: skip
+    return format_table(header, lines, markdown)
+
+
+def flags_text(flags: Sequence[dict], markdown: bool = False) -> str:
+    """One line per sanity check: ``FLAG`` (raised) or ``ok``, the check and what it saw."""
+    bullet = "- " if markdown else ""
+    return "\n".join(
+        f"{bullet}{'**FLAG**' if f['raised'] and markdown else 'FLAG' if f['raised'] else 'ok'}"
+        f"  {f['check']}: {f['message']}"
+        for f in flags
+    )
+
+
+def markdown_report(document: dict, images: Sequence[str] = ()) -> str:
+    """A Markdown report of a ``convertsnn evaluate`` JSON document (tables, runs, flags)."""
+    rows = [EvalRow(**{k: r[k] for k in ("model", "timesteps", "clean", "robust")})
+            for r in document["rows"]]  # fmt: skip
+    suite = document.get("suite") or {"name": "", "description": "clean accuracy only"}
+    out = [
+        f"# Robustness of {document['model']}",
+        "",
+        f"- command: `{document.get('command', '')}`",
+        f"- data: {document['data']} ({document['images']} images)",
+        f"- evaluation: {suite['name'] or 'none'} ({suite['description']}), "
+        f"norm {document['norm']}, EOT draws {document['eot']}, seed {document['seed']}",
+        "",
+        rows_table(rows, suite["name"], markdown=True),
+        "",
+    ]
+    out += [f"![{Path(name).stem}]({name})" for name in images]
+    for row in document["rows"]:
+        for key, detail in row.get("details", {}).items():
+            out += ["", f"## {row['model']}, eps={float(key):.4g}", ""]
+            out.append(f"Robust accuracy {100 * detail['robust']:.2f}% "
+                       f"(clean {100 * detail['clean']:.2f}%), {detail['seconds']:.0f} s.")  # fmt: skip
+            if "autoattack" in detail:
+                aa = detail["autoattack"]
+                out.append(f"AutoAttack ({aa['version']}, gradient mode {aa['mode']}): "
+                           f"{100 * aa['robust']:.2f}% ({aa['seconds']:.0f} s).")  # fmt: skip
+            if detail.get("probe"):
+                ranked = ", ".join(f"{p['mode']} ({p['broken']})" for p in detail["probe"])
+                out += ["", f"Gradient modes ranked by the probe (samples broken): {ranked}."]
+            out += ["", runs_table(detail, markdown=True), "", "Sanity checks:", ""]
+            out.append(flags_text(detail["flags"], markdown=True))
+    return "\n".join(out) + "\n"

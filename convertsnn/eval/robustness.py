@@ -2,13 +2,20 @@
 
 The ANN row is the SNN itself in ``ann`` gradient mode: the same weights with ReLU instead of
 spiking neurons, run for one step, i.e. the source ANN with BatchNorm folded.
+
+Two entry points: :func:`evaluate_over_timesteps` runs one attack per eps (a quick check, used
+in training loops and demos); :func:`evaluate_robustness` runs an attack suite per eps with
+per-sample worst case, sanity checks, an optional AutoAttack cross-check and resumable state
+(``convertsnn evaluate``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from convertsnn.attacks.base import Attack
+from convertsnn.attacks.ensemble import expected_correct
+from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.snn.network import SpikingNetwork
 
 AttackFactory = Callable[[nn.Module, float], Attack]
@@ -30,6 +39,12 @@ class EvalRow:
     clean: float
     robust: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    details: dict[str, dict] = field(default_factory=dict)  # per eps: suite, flags, cross-checks
+
+
+def eps_key(eps: float) -> str:
+    """How an eps is written in result dicts (``f"{eps:.6g}"``)."""
+    return f"{eps:.6g}"
 
 
 def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "") -> float:
@@ -60,6 +75,28 @@ def robust_accuracy(
     return correct / max(total, 1)
 
 
+@contextmanager
+def _settings(
+    snn: SpikingNetwork, timesteps: Sequence[int], include_ann: bool, surrogate: str | None
+) -> Iterator[Iterator[tuple[str, int | None, nn.Module]]]:
+    """``(label, T, model)`` for the ANN (the SNN in ``ann`` mode) and the SNN at each T; the
+    SNN is set to T (and BPTT with ``surrogate``, if given) while its item is in use."""
+    original_t = snn.timesteps
+
+    def items():
+        if include_ann:
+            yield "ANN", None, ModelInMode(snn, "ann")
+        for steps in timesteps:
+            snn.timesteps = steps
+            with snn.gradient("bptt", surrogate):
+                yield f"SNN T={steps}", steps, snn
+
+    try:
+        yield items()
+    finally:
+        snn.timesteps = original_t
+
+
 def evaluate_over_timesteps(
     snn: SpikingNetwork,
     loader: DataLoader,
@@ -71,36 +108,96 @@ def evaluate_over_timesteps(
     surrogate: str | None = None,
     device: str | torch.device = "cpu",
 ) -> list[EvalRow]:
-    """Rows for the ANN (optional) and for the SNN at each T.
+    """Rows for the ANN (optional) and for the SNN at each T, one attack per eps.
 
     ``attack_timesteps`` limits the attacks to some T (default: all); other rows get clean
     accuracy only. ``surrogate`` overrides the model's surrogate for the attacks' BPTT.
     """
     device = torch.device(device)
     snn = snn.to(device).eval()
-    original_t = snn.timesteps
-    settings: list[tuple[str, int | None]] = [("ANN", None)] if include_ann else []
-    settings += [("SNN", t) for t in timesteps]
     rows = []
-    try:
-        for name, steps in settings:
+    with _settings(snn, timesteps, include_ann, surrogate) as settings:
+        for label, steps, model in settings:
             start = time.perf_counter()
-            mode = "ann" if steps is None else "bptt"
-            with snn.gradient(mode, surrogate if steps is not None else None):
-                if steps is not None:
-                    snn.timesteps = steps
-                label = name if steps is None else f"{name} T={steps}"
-                row = EvalRow(label, steps, accuracy(snn, loader, device, f"{label} clean"))
-                attack_here = make_attack is not None and (
-                    steps is None or attack_timesteps is None or steps in attack_timesteps
-                )
-                for eps in eps_values if attack_here else ():
-                    attack = make_attack(snn, eps)
-                    row.robust[f"{eps:.6g}"] = robust_accuracy(
-                        snn, attack, loader, device, f"{label} {attack.name} eps={eps:.4g}"
+            row = EvalRow(label, steps, accuracy(model, loader, device, f"{label} clean"))
+            if make_attack is not None and _attacked(steps, attack_timesteps):
+                for eps in eps_values:
+                    attack = make_attack(model, eps)
+                    row.robust[eps_key(eps)] = robust_accuracy(
+                        model, attack, loader, device, f"{label} {attack.name} eps={eps:.4g}"
                     )
             row.seconds = time.perf_counter() - start
             rows.append(row)
-    finally:
-        snn.timesteps = original_t
+    return rows
+
+
+def _attacked(steps: int | None, attack_timesteps: Sequence[int] | None) -> bool:
+    return steps is None or attack_timesteps is None or steps in attack_timesteps
+
+
+def evaluate_robustness(
+    snn: SpikingNetwork,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    timesteps: Sequence[int],
+    eps_values: Sequence[float],
+    suite,
+    norm: str = "linf",
+    include_ann: bool = True,
+    attack_timesteps: Sequence[int] | None = None,
+    surrogate: str | None = None,
+    eot: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    sanity: bool = True,
+    probe_samples: int = 100,
+    autoattack: str | None = None,
+    autoattack_mode: str = "native",
+    state=None,
+    progress: bool = True,
+) -> list[EvalRow]:
+    """Rows for the ANN (optional) and the SNN at each T: clean accuracy, and per eps the
+    per-sample worst case of ``suite`` (a :class:`~convertsnn.eval.suites.Suite` or its name).
+
+    ``x``, ``y``: test images in [0, 1] and labels, on the model's device. ``eot``: draws per
+    gradient and per accuracy estimate (default 20 for stochastic encoders, else 1); accuracy
+    is then an expectation over draws. ``sanity`` runs :mod:`convertsnn.eval.sanity` on every
+    result; ``autoattack`` (``"standard"`` or ``"rand"``) adds the pyautoattack cross-check in
+    ``autoattack_mode``; ``state`` (a :class:`~convertsnn.eval.state.StateDir`) makes the run
+    resumable. ``row.details[eps]`` holds the suite summary, flags and cross-checks.
+    """
+    from convertsnn.eval.autoattack import run_autoattack
+    from convertsnn.eval.sanity import check_eps_trend, run_checks
+    from convertsnn.eval.suites import run_suite
+
+    if eot is None:
+        eot = 20 if snn.encoder.stochastic else 1
+    snn = snn.eval()
+    rows = []
+    with _settings(snn, timesteps, include_ann, surrogate) as settings:
+        for label, steps, model in settings:
+            start = time.perf_counter()
+            clean = expected_correct(model, x, y, eot, batch_size)
+            row = EvalRow(label, steps, float(clean.mean()))
+            for eps in eps_values if _attacked(steps, attack_timesteps) else ():
+                key = eps_key(eps)
+                slot = state.slot(f"{label}_eps={key}") if state is not None else None
+                result = run_suite(suite, model, x, y, eps, norm, eot, batch_size, seed,
+                                   state=slot, progress=progress)  # fmt: skip
+                if sanity:
+                    result.flags = run_checks(model, x, y, result, eot, probe_samples,
+                                              batch_size, seed)  # fmt: skip
+                row.robust[key] = result.robust
+                row.details[key] = result.summary()
+                if autoattack:
+                    aa_state = (Path(state.path) / f"autoattack_{label}_eps={key}.json"
+                                if state is not None else None)  # fmt: skip
+                    aa = run_autoattack(model, x, y, eps, norm, autoattack, autoattack_mode,
+                                        eot, batch_size, seed, aa_state)  # fmt: skip
+                    row.details[key]["autoattack"] = aa.summary()
+            if sanity and len(row.robust) > 1:
+                trend = check_eps_trend({float(k): v for k, v in row.robust.items()}, len(x))
+                row.details[max(row.robust, key=float)]["flags"].append(vars(trend))
+            row.seconds = time.perf_counter() - start
+            rows.append(row)
     return rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
@@ -24,6 +24,13 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def updated(self, other: Preprocessing | None) -> Preprocessing:
+        """A copy of these settings with every field that ``other`` sets taken from ``other``."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if other is not None:
+            values.update({k: v for k, v in asdict(other).items() if v is not None})
+        return Preprocessing(**values)
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocessing:

@@ -57,7 +57,7 @@ def save_ann(
     return path
 
 
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Tensors of a checkpoint and, for convertsnn files, their JSON document."""
     if path.suffix == ".safetensors":
         try:
@@ -106,7 +106,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ConvertSNNError(f"checkpoint not found: {path}")
-    state, document = _read_state_dict(path)
+    state, document = read_state_dict(path)
     if document is not None:
         if document.get("format") != ANN_FORMAT:
             raise ConvertSNNError(
@@ -115,13 +115,13 @@ def load_checkpoint(
         arch = arch or document["arch"]
         arch_kwargs = {**document.get("arch_kwargs", {}), **(arch_kwargs or {})}
         stored = Preprocessing.from_dict(document.get("preprocessing", {}))
-        preprocessing = preprocessing or stored
+        preprocessing = stored.updated(preprocessing)
     if arch is None:
         raise ConvertSNNError(
             f"{path} is a plain state dict: name its architecture with --arch "
             "(see 'convertsnn models')"
         )
-    preprocessing = preprocessing or Preprocessing()
+    preprocessing = Preprocessing().updated(preprocessing)
     net = _build(arch, arch_kwargs or {}, state, path)
     source = {
         "type": "checkpoint",

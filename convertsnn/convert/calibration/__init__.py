@@ -1,6 +1,14 @@
 """Threshold calibration methods, one module each, one registry."""
 
-from convertsnn.convert.calibration import max_norm, percentile  # noqa: F401  (registration)
+from convertsnn.convert.calibration import (  # noqa: F401  (registration)
+    bias_correction,
+    bnstats,
+    channelwise,
+    layerwise,
+    max_norm,
+    percentile,
+    qcfs,
+)
 from convertsnn.convert.calibration.registry import (
     CalibrationMethod,
     get_calibration,

@@ -11,17 +11,19 @@ from convertsnn.errors import ConvertSNNError
 
 
 class ActivationObserver:
-    """Collects, per activation output, the running max and a random sample of positive values.
+    """Collects, per activation output, the running max (overall and per channel, dimension 1)
+    and a random sample of positive values; ``per_channel=True`` also samples each channel."""
 
-    ``per_channel=True`` also keeps the max per channel (dimension 1).
-    """
-
-    def __init__(self, sample_per_batch: int = 20_000, seed: int = 0) -> None:
+    def __init__(
+        self, sample_per_batch: int = 20_000, seed: int = 0, per_channel: bool = False
+    ) -> None:
         self.sample_per_batch = sample_per_batch
         self.generator = torch.Generator().manual_seed(seed)
+        self.per_channel = per_channel
         self.max: torch.Tensor | None = None
         self.channel_max: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
+        self.channel_samples: list[torch.Tensor] = []
 
     def update(self, out: torch.Tensor) -> None:
         out = out.detach().float()
@@ -39,6 +41,15 @@ class ActivationObserver:
             )
             positive = positive[idx]
         self.samples.append(positive)
+        if self.per_channel:
+            chan = out.transpose(0, 1) if out.dim() > 1 else out.unsqueeze(0)
+            values = chan.reshape(chan.shape[0], -1).cpu()
+            if values.shape[1] > self.sample_per_batch // 4:
+                idx = torch.randint(
+                    values.shape[1], (self.sample_per_batch // 4,), generator=self.generator
+                )
+                values = values[:, idx]
+            self.channel_samples.append(values)
 
     def percentile(self, p: float) -> torch.Tensor:
         """The p-th percentile (0-100) of the positive activations seen (0 if none)."""
@@ -47,6 +58,15 @@ class ActivationObserver:
             return torch.tensor(0.0)
         return torch.quantile(values, p / 100.0)
 
+    def channel_percentile(self, p: float) -> torch.Tensor:
+        """Per channel, the p-th percentile of its positive activations (NaN where none)."""
+        values = torch.cat(self.channel_samples, dim=1)
+        limit = 2**23 // values.shape[0]  # torch.quantile's input size limit, with margin
+        if values.shape[1] > limit:
+            values = values[:, torch.randperm(values.shape[1], generator=self.generator)[:limit]]
+        values = values.masked_fill(values <= 0, float("nan"))
+        return torch.nanquantile(values, p / 100.0, dim=1)
+
 
 def observe_activations(
     ann: fx.GraphModule,
@@ -54,11 +74,12 @@ def observe_activations(
     loader: DataLoader,
     device: torch.device,
     desc: str = "calibrating",
+    per_channel: bool = False,
 ) -> dict[str, ActivationObserver]:
     """Run ``ann`` over ``loader`` and observe the output of each activation module."""
     if loader is None:
         raise ConvertSNNError("this calibration needs data: pass calibration images (--calib)")
-    observers = {name: ActivationObserver() for name in activations}
+    observers = {name: ActivationObserver(per_channel=per_channel) for name in activations}
     hooks = [
         ann.get_submodule(name).register_forward_hook(
             lambda _m, _i, out, obs=observers[name]: obs.update(out)

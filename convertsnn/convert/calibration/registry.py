@@ -56,6 +56,32 @@ class CalibrationMethod:
         return self.name
 
 
+def parse_options(spec: str, arg: str | None, defaults: dict[str, float | int]) -> dict:
+    """Parse a method argument ``"K=V,K=V"`` (or a bare value for the first key) into
+    ``defaults`` updated with the given values, converted to the defaults' types."""
+    options = dict(defaults)
+    if arg is None or not arg.strip():
+        return options
+    first = next(iter(defaults))
+    for i, part in enumerate(arg.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            key, value = (first, key) if i == 0 else (key, "")
+        key = key.strip()
+        if key not in defaults or not value.strip():
+            raise ConvertSNNError(
+                f"bad option '{part}' in calibration '{spec}:{arg}'; write KEY=VALUE with KEY one "
+                f"of {', '.join(defaults)}"
+            )
+        try:
+            options[key] = type(defaults[key])(float(value))
+        except ValueError:
+            raise ConvertSNNError(
+                f"option {key} of calibration '{spec}' must be a number, got '{value}'"
+            ) from None
+    return options
+
+
 def register_calibration(cls: type[CalibrationMethod]) -> type[CalibrationMethod]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     _METHODS[cls.name] = cls

@@ -1,0 +1,1 @@
+"""Workarounds for third-party packages, kept in one place."""

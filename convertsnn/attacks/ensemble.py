@@ -1,0 +1,212 @@
+"""Per-sample worst case over a list of attacks and gradient modes, with early exit.
+
+After seed 001's protocol (Oezdenizci & Legenstein, TMLR 2024) and AutoAttack (Croce & Hein
+2020): runs go in order (cheapest first), each only on the samples still robust, and a sample
+counts as robust only if it survives every run. Every candidate point is checked on the model
+itself, in its own forward mode.
+
+For stochastic models (Poisson / Gaussian encoders) correctness is an expectation over draws:
+``p_i`` = fraction of ``eot`` forward passes that classify sample ``i`` correctly; a run lowers
+``p_i`` to the lowest value it reaches, a sample leaves when ``p_i = 0``, and robust accuracy is
+the mean of ``p_i``. For deterministic models ``p_i`` is 0 or 1 and this is the usual count.
+
+Progress can be saved after every batch (``checkpoint``) and resumed; each batch is seeded from
+``(seed, run, batch)``, so a resumed run gives the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from convertsnn.attacks import build_attack
+from convertsnn.attacks.base import Attack, GradientStats
+
+_SHORT = {"steps": "", "queries": "", "targets": "x", "restarts": "r"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One attack (name and arguments, see :func:`build_attack`) in one gradient mode."""
+
+    attack: str
+    params: tuple[tuple[str, object], ...] = ()
+    mode: str = "native"
+
+    @classmethod
+    def of(cls, attack: str, mode: str = "native", **params) -> Run:
+        return cls(attack, tuple(sorted(params.items())), mode)
+
+    @property
+    def label(self) -> str:
+        """E.g. ``apgd-t-100x9 [adaptive:triangle:0.8]``."""
+        parts = "".join(
+            f"{'-' if not _SHORT[k] else _SHORT[k]}{v}"
+            for k, v in self.params
+            if k in _SHORT and not (k == "restarts" and v == 1)
+        )
+        extra = ",".join(f"{k}={v}" for k, v in self.params if k not in _SHORT)
+        name = f"{self.attack}{parts}" + (f"({extra})" if extra else "")
+        return name if self.mode == "native" else f"{name} [{self.mode}]"
+
+    def build(self, model: nn.Module, eps: float, norm: str, eot: int) -> Attack:
+        return build_attack(self.attack, model, eps, norm, eot, self.mode, **dict(self.params))
+
+
+@dataclass
+class RunRecord:
+    """What one run did: samples attacked, samples it lowered, robust accuracy after it."""
+
+    label: str
+    attack: str
+    mode: str
+    blackbox: bool
+    attacked: int = 0
+    lowered: int = 0
+    robust_after: float = 0.0
+    seconds: float = 0.0
+    gradients: dict = field(default_factory=dict)
+    note: str = ""  # e.g. "more-steps check" for a run a sanity check added
+
+
+@dataclass
+class EnsembleResult:
+    """Per-sample worst case: expected correctness ``correct`` ``[N]`` (0/1 if deterministic),
+    the worst point found ``x_adv``, and ``breaker`` = index of the run that found it (-1: none)."""
+
+    clean: float
+    robust: float
+    correct: torch.Tensor
+    x_adv: torch.Tensor
+    breaker: torch.Tensor
+    records: list[RunRecord]
+
+    def summary(self) -> dict:
+        return {"clean": self.clean, "robust": self.robust,
+                "runs": [asdict(r) for r in self.records]}  # fmt: skip
+
+
+def expected_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, batch_size: int = 256
+) -> torch.Tensor:
+    """Fraction of ``draws`` forward passes that classify each sample correctly, ``[N]``."""
+    out = torch.empty(len(x), device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            hits = sum((model(xb).argmax(1) == yb).float() for _ in range(draws))
+            out[start : start + batch_size] = hits / draws
+    return out
+
+
+def batch_seed(seed: int, run: int, batch: int) -> int:
+    return (seed * 1_000_003 + run * 10_007 + batch) % (2**63)
+
+
+class WorstCase:
+    """Runs a list of :class:`Run` on ``(x, y)`` and keeps the per-sample worst case.
+
+    Args:
+        model: the model under attack (an SNN in its own forward mode, or any classifier).
+        eps, norm: the threat model.
+        eot: draws per gradient and per correctness estimate (1 for deterministic models).
+        batch_size: samples per attack call.
+        seed: base seed; each (run, batch) is seeded from it.
+        checkpoint: called with the state dict after every batch (see :meth:`run`).
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        eot: int = 1,
+        batch_size: int = 256,
+        seed: int = 0,
+        checkpoint: Callable[[dict], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model, self.eps, self.norm, self.eot = model, float(eps), norm, int(eot)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.checkpoint, self.progress = checkpoint, progress
+
+    def run(
+        self, x: torch.Tensor, y: torch.Tensor, runs: Sequence[Run], resume: dict | None = None
+    ) -> EnsembleResult:
+        """Attack ``x`` (images in [0, 1]) with labels ``y``; ``resume``: a checkpointed state."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._run(x, y, list(runs), resume)
+        finally:
+            self.model.train(was_training)
+
+    def _run(self, x, y, runs: list[Run], resume: dict | None) -> EnsembleResult:
+        if resume is not None:
+            state = resume
+            records = [RunRecord(**r) for r in state["records"]]
+        else:
+            correct = expected_correct(self.model, x, y, self.eot, self.batch_size)
+            state = {"run": 0, "batch": 0, "pending": None, "correct": correct,
+                     "clean": float(correct.mean()), "x_adv": x.clone(),
+                     "breaker": torch.full((len(x),), -1, dtype=torch.long, device=x.device)}  # fmt: skip
+            records = []
+        correct, x_adv, breaker = state["correct"], state["x_adv"], state["breaker"]
+        bar = tqdm(total=len(runs), initial=state["run"], desc="attacks", leave=False,
+                   disable=not self.progress)  # fmt: skip
+        for r in range(state["run"], len(runs)):
+            spec = runs[r]
+            if state["pending"] is None:
+                state["pending"] = (correct > 0).nonzero().squeeze(1)
+                state["batch"] = 0
+                records.append(RunRecord(spec.label, spec.attack, spec.mode, False))
+            record, pending = records[r], state["pending"]
+            attack = spec.build(self.model, self.eps, self.norm, self.eot)
+            record.blackbox = attack.blackbox
+            bar.set_description(spec.label)
+            for b, start in enumerate(range(0, len(pending), self.batch_size)):
+                if b < state["batch"]:
+                    continue
+                started = time.perf_counter()
+                idx = pending[start : start + self.batch_size]
+                torch.manual_seed(batch_seed(self.seed, r, b))
+                attack.grad_stats = GradientStats()
+                candidate = attack(x[idx], y[idx])
+                p = expected_correct(self.model, candidate, y[idx], self.eot, self.batch_size)
+                lower = p < correct[idx]
+                correct[idx[lower]] = p[lower]
+                x_adv[idx[lower]] = candidate[lower]
+                breaker[idx[lower]] = r
+                record.attacked += len(idx)
+                record.lowered += int(lower.sum())
+                record.seconds += time.perf_counter() - started
+                _add_stats(record, attack)
+                state["batch"] = b + 1
+                record.robust_after = float(correct.mean())
+                self._save(state, records)
+            record.robust_after = float(correct.mean())
+            state["run"], state["pending"], state["batch"] = r + 1, None, 0
+            self._save(state, records)
+            bar.update(1)
+            bar.set_postfix(robust=f"{100 * record.robust_after:.1f}%")
+        bar.close()
+        return EnsembleResult(state["clean"], float(correct.mean()), correct, x_adv, breaker,
+                              records)  # fmt: skip
+
+    def _save(self, state: dict, records: list[RunRecord]) -> None:
+        if self.checkpoint is not None:
+            state["records"] = [asdict(r) for r in records]
+            self.checkpoint(state)
+
+
+def _add_stats(record: RunRecord, attack: Attack) -> None:
+    """Add the gradient counts of the attack's last batch to the record (white-box only)."""
+    if not attack.blackbox:
+        for key, value in asdict(attack.grad_stats).items():
+            record.gradients[key] = record.gradients.get(key, 0) + value

@@ -1,0 +1,143 @@
+"""``convertsnn finetune``: robust finetuning of a converted SNN (resumable, torchrun-ready).
+
+The options shared with ``convertsnn train`` live here too (:func:`run_options`,
+:func:`run_and_report`). Settings come from a YAML recipe (``--config``) and/or flags; a flag
+given on the command line wins over the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import click
+
+from convertsnn.eval.report import write_json
+from convertsnn.finetune import FinetuneConfig, FitResult, RunConfig, finetune, load_recipe
+from convertsnn.finetune.config import AUGMENTATIONS, OPTIMIZERS, PARAMETER_SETS, SCHEDULES
+from convertsnn.objectives import list_objectives
+
+# (flag, field, click type, help); the default shown is the config class's.
+_SHARED = [
+    ("--data", "data", str, "Training images: dataset name or .npz (train split)."),
+    ("--data-dir", "data_dir", str, "Where torchvision datasets are stored."),
+    ("--train-images", "train_images", int, "Use only the first N training images."),
+    ("--val-fraction", "val_fraction", float, "Share of the training images held out for model selection."),
+    ("--val-attack-steps", "val_attack_steps", int, "PGD steps for the held-out robust accuracy."),
+    ("--objective", "objective", str, f"Training objective: {', '.join(list_objectives())}."),
+    ("--eps", "eps", str, "L-inf radius of the inner attack, e.g. 2/255."),
+    ("--alpha", "alpha", str, "Inner attack step size (objective's default if unset)."),
+    ("--attack-steps", "attack_steps", int, "Inner attack steps (objective's default if unset)."),
+    ("--beta", "beta", str, "Weight of the robust term (TRADES 6, MART 4, trades-rfgsm 2)."),
+    ("--regularizer", "regularizers", str, "Extra loss term NAME:WEIGHT (repeatable)."),
+    ("--epochs", "epochs", int, "Training epochs."),
+    ("--batch-size", "batch_size", int, "Global batch size (split over torchrun processes)."),
+    ("--optimizer", "optimizer", str, f"{' or '.join(OPTIMIZERS)}."),
+    ("--lr", "lr", float, "Learning rate."),
+    ("--momentum", "momentum", float, "SGD momentum."),
+    ("--weight-decay", "weight_decay", float, "Weight decay."),
+    ("--schedule", "schedule", str, f"LR schedule: {', '.join(SCHEDULES)} (cosine-epoch steps once an epoch)."),
+    ("--augment", "augment", str, f"Augmentation: {', '.join(AUGMENTATIONS)}."),
+    ("--seed", "seed", int, "Seed for data order, attacks and augmentation."),
+    ("--out-dir", "out_dir", str, "Run directory: checkpoint, best/last model files, logs."),
+    ("--checkpoint-every", "checkpoint_every", int, "Also checkpoint every N steps (0: each epoch only)."),
+    ("--log-every", "log_every", int, "Log a step record every N steps (0: epochs only)."),
+    ("--device", "device", str, "cpu, cuda, cuda:N, or auto (CUDA when available)."),
+]  # fmt: skip
+
+_FLAGS = [
+    ("--random-start/--no-random-start", "random_start", "Random start of the inner attack."),
+    ("--resume/--no-resume", "resume", "Continue the run in --out-dir from its checkpoint."),
+    ("--tensorboard/--no-tensorboard", "tensorboard", "Also write TensorBoard scalars."),
+    ("--progress/--no-progress", "progress", "Show progress bars and epoch lines."),
+]
+
+
+def _default(cls: type[RunConfig], name: str) -> str:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    value = fields[name].default
+    if value is dataclasses.MISSING or value in ("", None):
+        return ""
+    return f" [default: {value:.6g}]" if isinstance(value, float) else f" [default: {value}]"
+
+
+def run_options(cls: type[RunConfig]) -> Callable:
+    """Add the options every training command shares (defaults shown from ``cls``)."""
+
+    def decorate(command: Callable) -> Callable:
+        for flag, name, text in reversed(_FLAGS):
+            command = click.option(flag, name, default=None, help=text + _default(cls, name))(
+                command
+            )
+        for flag, name, kind, text in reversed(_SHARED):
+            multiple = name == "regularizers"
+            command = click.option(
+                flag, name, type=kind, multiple=multiple, help=text + _default(cls, name)
+            )(command)
+        command = click.option(
+            "--out", "-o", "json_out", type=click.Path(dir_okay=False),
+            help="Also write a JSON summary (settings, best epoch, history).",
+        )(command)  # fmt: skip
+        return click.option(
+            "--config", "recipe", type=click.Path(dir_okay=False),
+            help="YAML recipe with settings (e.g. recipes/seed001_trades_rfgsm.yaml).",
+        )(command)  # fmt: skip
+
+    return decorate
+
+
+def settings_from(recipe: str | None, options: dict) -> dict:
+    """Recipe values overridden by the options given on the command line."""
+    values = load_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in options.items() if v is not None and v != ()})
+    return values
+
+
+def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None) -> None:
+    """Run training; the main process prints a summary and writes ``--out``."""
+    result = run()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    best = result.best_record
+    click.echo(
+        f"{what} -> {result.best} (best of {len(result.history)} epochs: epoch {result.best_epoch})"
+    )
+    if "val_robust_acc" in best:
+        click.echo(
+            f"held-out images: clean {100 * best['val_clean_acc']:.2f}%, "
+            f"robust {100 * best['val_robust_acc']:.2f}%"
+        )
+    click.echo(f"last epoch: {result.last}; checkpoint and logs in {result.out_dir}/")
+    if json_out:
+        write_json(json_out, {
+            "best": str(result.best), "last": str(result.last), "best_epoch": result.best_epoch,
+            "out_dir": str(result.out_dir), "history": result.history,
+        })  # fmt: skip
+        click.echo(f"wrote {json_out}")
+
+
+@click.command("finetune")
+@click.argument("model", required=False)
+@click.option("--timesteps", "-T", type=int, help="Simulation steps T (default: the model's).")
+@click.option("--surrogate", help="Surrogate for BPTT, FAMILY[:G] (default: the model's).")
+@click.option(
+    "--surrogate-scale", type=str,
+    help="threshold: surrogate on (u - theta) / theta while training (stable BPTT); absolute: on "
+    f"u - theta{_default(FinetuneConfig, 'surrogate_scale')}.",
+)  # fmt: skip
+@click.option(
+    "--train", "train", type=str,
+    help=f"Parameters that learn: {', '.join(PARAMETER_SETS)}{_default(FinetuneConfig, 'train')}.",
+)  # fmt: skip
+@run_options(FinetuneConfig)
+def command(model, recipe, json_out, **options) -> None:
+    """Adversarially finetune the SNN file MODEL (thresholds and weights, BPTT).
+
+    Example: convertsnn finetune snn.safetensors --config recipes/seed001_trades_rfgsm.yaml
+    --data cifar10 --out-dir runs/seed001. Multi-process: torchrun --nproc_per_node N -m
+    convertsnn finetune ...
+    """
+    values = settings_from(recipe, {"model": model, **options})
+    config = FinetuneConfig.from_dict(values, where=recipe or "the options")
+    run_and_report(lambda: finetune(config), f"finetuned {config.model}", json_out)

@@ -1,0 +1,271 @@
+"""Settings of a robust training run, from flags, a YAML recipe or Python, validated in one place.
+
+:class:`FinetuneConfig` (``convertsnn finetune``: an SNN file) and :class:`TrainConfig`
+(``convertsnn train``: a robust ANN from an architecture name) share :class:`RunConfig`.
+A recipe file is a YAML mapping whose keys are the field names below (``eps: 2/255`` may be
+written as a fraction); flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from convertsnn.errors import ConvertSNNError
+from convertsnn.finetune.surrogate import SURROGATE_SCALES
+from convertsnn.objectives import get_objective, get_regularizer
+from convertsnn.snn.surrogate import parse_surrogate
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "cosine-epoch", "constant")
+AUGMENTATIONS = ("none", "crop-flip")
+PARAMETER_SETS = ("all", "weights", "thresholds")
+
+# Fields that change how a run is carried out but not what it computes: a resumed run may
+# change them (a run directory may also be moved).
+RUNTIME_FIELDS = (
+    "resume", "device", "progress", "tensorboard", "log_every", "checkpoint_every", "out_dir",
+)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Settings shared by finetuning and ANN training (see ``docs/finetuning.md``)."""
+
+    data: str = ""
+    data_dir: str | None = None
+    train_images: int | None = None
+    val_fraction: float = 0.1
+    val_attack_steps: int = 10
+    objective: str = "pgd-at"
+    eps: float = 2 / 255
+    alpha: float | None = None
+    attack_steps: int | None = None
+    beta: float | None = None
+    random_start: bool = True
+    regularizers: list[str] = field(default_factory=list)
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: str = "none"
+    seed: int = 0
+    out_dir: str = "runs/train"
+    resume: bool = False
+    checkpoint_every: int = 0
+    log_every: int = 10
+    tensorboard: bool = False
+    progress: bool = True
+    device: str = "auto"
+
+    command: ClassVar[str] = "train"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`ConvertSNNError` for the first bad value."""
+        if not self.data:
+            raise ConvertSNNError("no training data: pass --data (dataset name or .npz file)")
+        _at_least("train_images", self.train_images, 1, optional=True)
+        if not 0 <= self.val_fraction < 1:
+            raise ConvertSNNError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _at_least("val_attack_steps", self.val_attack_steps, 1)
+        self.build_objective()
+        for spec in self.regularizers:
+            get_regularizer(spec)
+        _at_least("epochs", self.epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.lr > 0:
+            raise ConvertSNNError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConvertSNNError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ConvertSNNError(f"weight_decay must be at least 0, got {self.weight_decay}")
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("augment", self.augment, AUGMENTATIONS)
+        _at_least("checkpoint_every", self.checkpoint_every, 0)
+        _at_least("log_every", self.log_every, 0)
+        if not self.out_dir:
+            raise ConvertSNNError("out_dir is empty; pass --out-dir RUN_DIR")
+
+    def build_objective(self):
+        """The :class:`~convertsnn.objectives.Objective` these settings describe."""
+        return get_objective(
+            self.objective,
+            eps=self.eps,
+            steps=self.attack_steps,
+            alpha=self.alpha,
+            beta=self.beta,
+            random_start=self.random_start,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable settings."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def differences(self, other: dict) -> list[str]:
+        """Settings (other than :data:`RUNTIME_FIELDS`) that differ from ``other``."""
+        mine = self.to_dict()
+        keys = sorted(set(mine) | set(other))
+        return [
+            f"{k}: {other.get(k)!r} -> {mine.get(k)!r}"
+            for k in keys
+            if k not in RUNTIME_FIELDS and mine.get(k) != other.get(k)
+        ]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "settings"):
+        """Build from a mapping (recipe or flags); strings such as ``"2/255"`` become numbers."""
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConvertSNNError(
+                f"unknown setting '{unknown[0]}' in {where}; known: {', '.join(sorted(names))}"
+            )
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RunConfig):
+    """Robust finetuning of a converted SNN file (seed 001 stage C by default).
+
+    ``timesteps``/``surrogate`` override the model's own; ``surrogate_scale`` ``threshold``
+    applies the surrogate to the threshold-normalised membrane during training (see
+    :mod:`convertsnn.finetune.surrogate`), ``absolute`` to ``u - theta`` as it is; ``train``
+    picks the parameters that learn: ``all`` (weights, biases and thresholds, as seed 001),
+    ``weights`` or ``thresholds``.
+    """
+
+    model: str = ""
+    timesteps: int | None = None
+    surrogate: str | None = None
+    surrogate_scale: str = "threshold"
+    train: str = "all"
+    objective: str = "trades-rfgsm"
+    epochs: int = 60
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    out_dir: str = "runs/finetune"
+
+    command: ClassVar[str] = "finetune"
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConvertSNNError("no model: pass the SNN file written by `convertsnn convert`")
+        _at_least("timesteps", self.timesteps, 1, optional=True)
+        if self.surrogate is not None:
+            parse_surrogate(self.surrogate)
+        _choice("surrogate_scale", self.surrogate_scale, SURROGATE_SCALES)
+        _choice("train", self.train, PARAMETER_SETS)
+        super().validate()
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """Robust training of an ANN built by ``create_model(arch, **arch_kwargs)``.
+
+    ``mean``/``std`` become a normalisation layer inside the model (inputs stay in [0, 1]).
+    """
+
+    arch: str = ""
+    arch_kwargs: dict = field(default_factory=dict)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def validate(self) -> None:
+        if not self.arch:
+            raise ConvertSNNError("no architecture: pass --arch NAME (see `convertsnn models`)")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and not value:
+                raise ConvertSNNError(f"{name} is empty; give one value per input channel")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ConvertSNNError(f"std values must be positive, got {self.std}")
+        super().validate()
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The settings mapping of a YAML recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvertSNNError(f"recipe file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConvertSNNError(f"{path} is not valid YAML ({first})") from None
+    if not isinstance(values, dict):
+        raise ConvertSNNError(f"{path} must hold a mapping of settings (key: value lines)")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def _at_least(name: str, value, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or int(value) != value or value < low:
+        raise ConvertSNNError(f"{name} must be an integer >= {low}, got {value}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConvertSNNError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn a recipe/flag value into the field's type, with one-line errors."""
+    from convertsnn.cli.options import parse_number, parse_number_list  # cli imports this module
+
+    args = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConvertSNNError(f"setting '{name}' cannot be empty")
+    base = next(iter(args - {type(None)}))
+    origin = typing.get_origin(base)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConvertSNNError(f"setting '{name}' must be true or false, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, str):
+            return parse_number(value, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        item = typing.get_args(base)[0]
+        if isinstance(value, str):
+            return parse_number_list(value, name) if item is float else [value]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(name, v, item) for v in value]
+    elif base is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConvertSNNError(
+                    f"setting '{name}' must be a JSON object, e.g. '{{\"num_classes\": 10}}'"
+                ) from None
+        if isinstance(value, dict):
+            return value
+    raise ConvertSNNError(f"setting '{name}' has the wrong type: {value!r}")

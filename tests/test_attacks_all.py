@@ -1,0 +1,131 @@
+"""Every attack on tiny models: it breaks a known-vulnerable model and stays in the ball and box."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from convertsnn import convert
+from convertsnn.attacks import APGDT, ATTACKS, Square, Transfer, build_attack
+from convertsnn.attacks.apgd import checkpoints
+from convertsnn.attacks.square import meta_pseudo_gaussian, pseudo_gaussian, window_fraction
+from convertsnn.errors import ConvertSNNError
+
+FAST = {
+    "fgsm": {},
+    "rfgsm": {},
+    "pgd": {"steps": 10},
+    "apgd-ce": {"steps": 10},
+    "apgd-dlr": {"steps": 10},
+    "apgd-t": {"steps": 10, "targets": 3},
+    "square": {"queries": 300},
+    "transfer": {"steps": 10},
+}
+
+
+def linear_model(classes: int = 10) -> nn.Module:
+    """A linear classifier whose decision flips under small perturbations."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, classes)).eval()
+
+
+def make(name, model, eps, norm, **extra):
+    params = dict(FAST[name], **extra)
+    if name == "transfer":
+        params.setdefault("source", model)  # white-box transfer: the model is its own source
+    return build_attack(name, model, eps, norm, **params)
+
+
+def test_every_attack_is_tested():
+    assert set(FAST) == set(ATTACKS)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_attack_breaks_a_vulnerable_model_within_the_ball_and_box(images, name, norm, eps):
+    model = linear_model()
+    y = model(images).argmax(1)
+    torch.manual_seed(0)
+    x_adv = make(name, model, eps, norm)(images, y)
+    delta = (x_adv - images).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    accuracy = (model(x_adv).argmax(1) == y).float().mean()
+    assert accuracy < (0.5 if name in ("square", "rfgsm") else 0.2), f"{name}: {accuracy}"
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_attack_with_zero_eps_changes_nothing(images, name):
+    model = linear_model()
+    y = model(images).argmax(1)
+    extra = {"queries": 20} if name == "square" else {}
+    x_adv = make(name, model, 0.0, "linf", **extra)(images, y)
+    assert torch.equal(x_adv, images)
+
+
+def test_attacks_through_a_spiking_network(tiny_resnet, images):
+    snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+    images = images[:16]
+    y = snn(images).argmax(1)
+    for name, params in (("apgd-ce", {"steps": 10}), ("apgd-t", {"steps": 5, "targets": 2}),
+                         ("square", {"queries": 150})):  # fmt: skip
+        torch.manual_seed(0)
+        x_adv = build_attack(name, snn, 16 / 255, **params)(images, y)
+        assert (snn(x_adv).argmax(1) == y).float().mean() < 0.5, name
+    torch.manual_seed(0)
+    x_adv = Transfer(snn, 16 / 255, steps=10)(images, y)  # from the source ANN
+    assert (snn(x_adv).argmax(1) == y).float().mean() < 0.7
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    marks = checkpoints(100)
+    assert marks[:3] == [22, 41, 57]  # 0.22, then intervals shrinking by 0.03
+    steps = [b - a for a, b in itertools.pairwise(marks)]
+    assert min(steps) >= 6 and max(marks) <= 100
+
+
+def test_apgd_targeted_needs_four_classes(images):
+    model = linear_model(classes=3)
+    with pytest.raises(ConvertSNNError, match="at least 4 classes"):
+        APGDT(model, 0.1, steps=2)(images, model(images).argmax(1))
+
+
+def test_square_building_blocks():
+    assert window_fraction(0.8, 0, 5000) == 0.8
+    assert window_fraction(0.8, 4999, 5000) == 0.8 / 512
+    bump = pseudo_gaussian(5, 5)
+    assert bump.argmax() == 12 and torch.isclose(bump.norm(), torch.tensor(1.0))
+    meta = meta_pseudo_gaussian(6)
+    assert torch.isclose(meta.norm(), torch.tensor(1.0)) and abs(float(meta.sum())) < 1e-5
+
+
+def test_square_only_queries(images):
+    class NoGradient(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = linear_model()
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.inner(x)
+
+    model = NoGradient()
+    y = model(images).argmax(1)
+    x_adv = Square(model, 8 / 255, queries=300)(images, y)
+    assert (model(x_adv).argmax(1) == y).float().mean() < 0.5
+
+
+def test_bad_attack_settings():
+    model = linear_model()
+    with pytest.raises(ConvertSNNError, match="unknown attack"):
+        build_attack("cw", model, 0.1)
+    with pytest.raises(ConvertSNNError, match="black-box"):
+        build_attack("square", model, 0.1, gradient_mode="bptr")
+    with pytest.raises(ConvertSNNError, match="queries"):
+        build_attack("pgd", model, 0.1, queries=10)
+    with pytest.raises(ConvertSNNError, match="needs a source"):
+        Transfer(model, 0.1)
+    with pytest.raises(ConvertSNNError):
+        Square(model, 0.1, queries=0)

@@ -1,0 +1,202 @@
+"""Calibration recipes: registry and specs, each method's defining property, the no-data path."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from convertsnn.cli import main
+from convertsnn.convert import convert, prepare_ann
+from convertsnn.convert.calibration import get_calibration, list_calibrations
+from convertsnn.convert.calibration.bias_correction import channel_mean
+from convertsnn.convert.calibration.qcfs import QCFSActivation
+from convertsnn.errors import ConvertSNNError
+from convertsnn.importers import Preprocessing, save_ann
+from convertsnn.models import create_model
+from convertsnn.snn.neurons import IFNeuron
+from tests.conftest import write_npz
+
+
+def loader(x: torch.Tensor, batch: int = 8):
+    y = torch.arange(len(x)) % 3
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def trained_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set BatchNorm running statistics from ``x`` (exact averages), so they describe the data."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.fixture
+def data() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(32, 3, 12, 12)
+
+
+def test_registry_lists_every_method():
+    assert {"max", "percentile", "layerwise", "channelwise", "qcfs", "biascal", "bnstats"} <= set(
+        list_calibrations()
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("qcfs:L=four", "must be a number"),
+        ("qcfs:levels=4", "KEY one of L, epochs"),
+        ("layerwise:scale=-1", "scale > 0"),
+        ("channelwise:101", "percentile must be in"),
+        ("biascal:median", "unknown calibration"),
+        ("bnstats:0", "K > 0"),
+    ],
+)
+def test_bad_specs_give_one_line_errors(spec, message):
+    with pytest.raises(ConvertSNNError) as err:
+        get_calibration(spec)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_spec_options_are_parsed():
+    method = get_calibration("qcfs:L=8,epochs=1,lr=0.05")
+    assert (method.levels, method.epochs, method.lr) == (8, 1, 0.05)
+    assert get_calibration("qcfs:2").levels == 2
+    assert str(get_calibration("biascal:channelwise:99")) == "biascal:channelwise:99"
+
+
+def test_channelwise_thresholds_are_per_channel_with_a_fallback(data):
+    model = small_cnn().eval()
+    with torch.no_grad():  # channel 0 of the first layer never fires
+        model[1].bias[0] = -100.0
+    snn = convert(model, loader(data), calibration="channelwise:99.9")
+    first, second = snn.thresholds.values()
+    assert first.shape == (8,) and second.shape == (8,)
+    assert (first > 0).all() and len(set(first[1:].tolist())) == 7
+    layer = convert(model, loader(data), calibration="percentile:99.9")
+    assert first[0] == next(iter(layer.thresholds.values()))  # the dead channel's fallback
+
+
+def test_layerwise_sets_seed001_statistic_then_scales(data):
+    model = small_cnn().eval()
+    spec = "layerwise:steps=10,images=16,batch=8"
+    snn = convert(model, loader(data), calibration=f"{spec},scale=1")
+    # The first layer's current is the conv of the image, the same at each of the T steps:
+    # its threshold is the max over the two batches of 8 of their 99.7th percentiles.
+    conv = prepare_ann(model).get_submodule("0")
+    with torch.no_grad():
+        current = conv(data[:16])
+    expected = max(
+        torch.quantile(current[i : i + 8].flatten(), 0.997, interpolation="nearest").item()
+        for i in (0, 8)
+    )
+    thresholds = list(snn.thresholds.values())
+    assert thresholds[0].item() == pytest.approx(expected, rel=0.01)
+    scaled = convert(model, loader(data), calibration=f"{spec},scale=0.3")
+    for low, full in zip(scaled.thresholds.values(), thresholds, strict=True):
+        assert low.item() == pytest.approx(0.3 * full.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("levels", [2, 4, 8])
+def test_if_neuron_at_t_equal_l_reproduces_the_qcfs_activation(levels):
+    torch.manual_seed(0)
+    theta = 1.7
+    x = torch.randn(64, 5) * 2
+    neuron = IFNeuron(threshold=theta, v_init=0.5)
+    neuron.timesteps = levels
+    rate = neuron(x.repeat(levels, 1)).view(levels, *x.shape).mean(0)
+    assert torch.allclose(rate, QCFSActivation(theta, levels)(x), atol=1e-5)
+
+
+def test_qcfs_finetunes_the_ann_and_hands_over_its_thresholds(data):
+    model = small_cnn().eval()
+    method = get_calibration("qcfs:L=2,epochs=1,batch=8")
+    snn = convert(model, loader(data), timesteps=2, calibration=method)
+    assert len(method.history) == 1 and method.history[0]["distill_loss"] > 0
+    for name, theta in snn.thresholds.items():
+        assert torch.equal(theta, method._thresholds[name])
+    before = prepare_ann(model).get_submodule("0").weight
+    assert not torch.allclose(snn.body.get_submodule("0").weight, before)
+    assert all(isinstance(m, IFNeuron) for m in snn.neurons())
+
+
+def test_bias_calibration_reduces_the_layer_errors(data):
+    torch.manual_seed(0)
+    model = trained_batchnorm(small_cnn(), data)
+    base = convert(model, loader(data), timesteps=3, calibration="percentile:99.9")
+    fixed = convert(model, loader(data), timesteps=3, calibration="biascal:percentile:99.9")
+    last = list(base.thresholds)[-1]
+
+    def last_layer_mean(snn, mode):
+        seen = {}
+        module = snn.body.get_submodule(last)
+        hook = module.register_forward_hook(lambda m, i, o: seen.update(x=i[0], out=o))
+        with torch.no_grad(), snn.gradient(mode):
+            snn(data)
+        hook.remove()
+        if mode == "ann":  # the ANN target: the activation clipped at the threshold
+            return channel_mean(seen["x"].clamp(min=0).clamp(max=module.threshold.item()))
+        return channel_mean(seen["out"])
+
+    target = last_layer_mean(base, "ann")
+    error_before = (last_layer_mean(base, "bptt") - target).abs().mean()
+    error_after = (last_layer_mean(fixed, "bptt") - target).abs().mean()
+    assert error_after < 0.5 * error_before
+    with torch.no_grad():
+        logits = model(data)
+        assert (fixed(data) - logits).abs().mean() < (base(data) - logits).abs().mean()
+
+
+def test_bnstats_needs_no_data_and_matches_the_activation_scale(data):
+    torch.manual_seed(0)
+    model = trained_batchnorm(small_cnn(), data)
+    free = convert(model, None, calibration="bnstats")
+    observed = convert(model, loader(data), calibration="percentile:99.9")
+    for a, b in zip(free.thresholds.values(), observed.thresholds.values(), strict=True):
+        assert 0.5 < a.item() / b.item() < 2.0
+    # without any BatchNorm it falls back to propagating through the weights
+    plain = convert(create_model("mnist_cnn", width=4).eval(), None, calibration="bnstats")
+    assert all(t.item() > 0 for t in plain.thresholds.values())
+
+
+def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
+    torch.manual_seed(0)
+    net = create_model("resnet20")
+    ann = save_ann(net, tmp_path / "r20.safetensors", "resnet20", {},
+                   Preprocessing((0.5,) * 3, (0.25,) * 3, (3, 32, 32), 10))  # fmt: skip
+    out = tmp_path / "snn.safetensors"
+    result = CliRunner().invoke(main, ["convert", str(ann), "-T", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "BatchNorm statistics (bnstats" in result.output and "--calib" in result.output
+    assert out.is_file() and "calibration bnstats:3" in result.output
+    data = write_npz(tmp_path / "d.npz", n=8, shape=(32, 32, 3))
+    result = CliRunner().invoke(
+        main, ["convert", str(ann), "--calib", str(data), "--calibration", "qcfs:L=2,epochs=0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "calibration qcfs:L=2,epochs=0" in result.output
+
+
+def test_quantised_activation_values():
+    act = QCFSActivation(2.0, 4)
+    x = torch.tensor([-1.0, 0.2, 0.3, 1.0, 1.9, 5.0])
+    assert torch.allclose(act(x), torch.tensor([0.0, 0.0, 0.5, 1.0, 2.0, 2.0]))
+    x.requires_grad_(True)
+    act(x).sum().backward()  # straight-through: gradient 1 inside (0, theta), 0 outside
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]))

@@ -1,0 +1,120 @@
+"""Sanity flags: a planted gradient-masking model is flagged and Square still breaks it."""
+
+import torch
+from torch import nn
+
+from convertsnn import convert
+from convertsnn.attacks.ensemble import Run
+from convertsnn.eval.sanity import (
+    check_blackbox,
+    check_determinism,
+    check_eps_trend,
+    check_gradients,
+    run_checks,
+)
+from convertsnn.eval.suites import Stage, Suite, run_suite
+from convertsnn.snn.encoding import parse_encoder
+
+
+class StaircaseLinear(nn.Module):
+    """A vulnerable linear classifier behind a zero-gradient step: the input is rounded to
+    multiples of 1/4 (think of neurons whose eval-mode spike is a hard step without surrogate),
+    so every input gradient is exactly zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.round(x * 4) / 4)
+
+
+WHITE_THEN_BLACK = Suite(
+    "test", "PGD-10, APGD-CE-10, then Square-300", ("native",), (), False,
+    (Stage("pgd", {"steps": 10}), Stage("apgd-ce", {"steps": 10}),
+     Stage("square", {"queries": 300}, "none")),
+)  # fmt: skip
+
+
+def test_planted_gradient_masking_is_flagged_and_square_breaks_it(images):
+    model = StaircaseLinear().eval()
+    y = model(images).argmax(1)
+    result = run_suite(WHITE_THEN_BLACK, model, images, y, eps=16 / 255, progress=False)
+    records = result.ensemble.records
+    white_after = records[1].robust_after
+    flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=32)}
+    assert flags["gradients"].raised and "masked" in flags["gradients"].message
+    assert flags["black-box"].raised
+    assert records[2].lowered > 0.3 * len(images)  # Square finds the weakness ...
+    assert result.robust < white_after - 0.3  # ... that the white-box runs missed
+    assert not flags["determinism"].raised
+
+
+def test_checks_on_a_spiking_network(tiny_resnet, images):
+    snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+    y = snn(images).argmax(1)
+    suite = Suite("t", "", ("native", "bptr"), (), False,
+                  (Stage("pgd", {"steps": 10}), Stage("square", {"queries": 50}, "none")))  # fmt: skip
+    result = run_suite(suite, snn, images, y, eps=2 / 255, progress=False)
+    flags = {f.check: f for f in run_checks(snn, images, y, result, probe_samples=16)}
+    assert not flags["gradients"].raised
+    assert not flags["large-eps"].raised
+    assert "square-50" in flags["black-box"].message
+    assert "more-steps" in flags and result.runs[-1].attack == "apgd-ce"
+    assert result.ensemble.records[-1].attacked > 0
+
+
+def test_randomised_models_need_eot(tiny_resnet, images):
+    snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+    assert not check_determinism(snn, images, eot=1).raised
+    snn.encoder = parse_encoder("poisson")
+    assert check_determinism(snn, images, eot=1).raised
+    assert not check_determinism(snn, images, eot=10).raised
+
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return torch.randn(len(x), 10)
+
+    assert check_determinism(Noisy(), images, eot=1).raised
+
+
+def record(label, blackbox, lowered, zero=0, samples=10, nonfinite=0, mode="native"):
+    from convertsnn.attacks.ensemble import RunRecord
+
+    gradients = {} if blackbox else {"samples": samples, "zero": zero, "nonfinite": nonfinite}
+    return RunRecord(label, label, mode, blackbox, 10, lowered, 0.0, 0.0, gradients)
+
+
+def test_flag_rules():
+    assert check_gradients([record("a", False, 1, nonfinite=1)]).raised
+    some = check_gradients([record("a", False, 1, zero=3, mode="m1"), record("b", False, 1)])
+    assert not some.raised and "m1" in some.message
+    assert check_gradients([record("a", False, 1, zero=3)]).raised
+    assert not check_blackbox([record("sq", True, 2)], samples=1000).raised  # 0.2 % tolerance
+    assert check_blackbox([record("sq", True, 3)], samples=1000).raised
+    assert check_eps_trend({0.01: 0.5, 0.02: 0.6}, samples=100).raised
+    assert not check_eps_trend({0.01: 0.5, 0.02: 0.3}, samples=100).raised
+
+
+def test_more_steps_breaks_count_in_the_result(images):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
+    y = model(images).argmax(1)
+    weak = Suite("weak", "", ("native",), (), False, (Stage("pgd", {"steps": 1, "alpha": 0.001}),))
+    result = run_suite(weak, model, images, y, eps=8 / 255, progress=False)
+    before = result.robust
+    flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=8)}
+    assert flags["more-steps"].raised
+    assert result.robust < before and result.runs[-1] == Run.of("apgd-ce", steps=4)
+    assert float(result.ensemble.correct.mean()) == result.robust
+
+
+def test_autoattack_cross_check_passes_on_its_warnings(images):
+    from convertsnn.eval.autoattack import run_autoattack
+
+    model = StaircaseLinear().eval()
+    x = images[:16]
+    y = model(x).argmax(1)
+    result = run_autoattack(model, x, y, 16 / 255, version="rand")
+    assert any("zero gradient" in w for w in result.warnings), result.warnings
+    assert 0 <= result.robust <= 1 and result.correct.shape == (16,)

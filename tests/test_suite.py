@@ -1,0 +1,211 @@
+"""The worst-case ensemble, suites, resumable state and the `evaluate` command's suite options."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from convertsnn import convert, save_snn
+from convertsnn.attacks.ensemble import Run, WorstCase
+from convertsnn.cli import main
+from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.state import StateDir
+from convertsnn.eval.suites import (
+    FULL,
+    QUICK,
+    STANDARD,
+    Stage,
+    Suite,
+    candidate_modes,
+    prepare_runs,
+    run_suite,
+)
+from tests.conftest import write_npz
+
+
+def linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
+
+
+@pytest.fixture
+def snn(tiny_resnet, images):
+    return convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+
+
+def test_worst_case_is_per_sample_and_only_survivors_go_on(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    y[:4] = (y[:4] + 1) % 10  # four samples are wrong from the start
+    runs = [Run.of("fgsm"), Run.of("pgd", steps=10), Run.of("square", queries=50)]
+    result = WorstCase(model, 4 / 255, progress=False).run(images, y, runs)
+    fgsm, pgd, square = result.records
+    assert fgsm.attacked == len(images) - 4
+    assert pgd.attacked == fgsm.attacked - fgsm.lowered
+    assert square.attacked == pgd.attacked - pgd.lowered
+    assert result.robust == float(result.correct.mean()) <= pgd.robust_after
+    broken = result.correct == 0
+    assert (model(result.x_adv[broken]).argmax(1) != y[broken]).all()
+    assert set(result.breaker[broken].tolist()) <= {-1, 0, 1, 2}
+    assert (result.breaker[:4] == -1).all()  # wrong when clean, never attacked
+
+
+def test_resume_gives_the_same_numbers(images, tmp_path):
+    model = linear_model()
+    y = model(images).argmax(1)
+    runs = [Run.of("pgd", steps=3), Run.of("apgd-ce", steps=5)]
+    full = WorstCase(model, 2 / 255, batch_size=8, seed=3, progress=False).run(images, y, runs)
+
+    saved = []
+
+    class Interrupt(Exception):
+        pass
+
+    def checkpoint(state):
+        saved.append({k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()})
+        if len(saved) == 3:  # stop in the middle of the first run
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        WorstCase(model, 2 / 255, batch_size=8, seed=3, checkpoint=checkpoint,
+                  progress=False).run(images, y, runs)  # fmt: skip
+    resumed = WorstCase(model, 2 / 255, batch_size=8, seed=3, progress=False).run(
+        images, y, runs, resume=saved[-1]
+    )
+    assert torch.equal(resumed.correct, full.correct)
+    assert [r.lowered for r in resumed.records] == [r.lowered for r in full.records]
+
+
+def test_state_directory_round_trip_and_settings_check(images, tmp_path):
+    model = linear_model()
+    y = model(images).argmax(1)
+    suite = Suite("t", "", ("native",), (), False, (Stage("pgd", {"steps": 2}),))
+    state = StateDir(tmp_path / "state", {"eps": 0.01})
+    first = run_suite(suite, model, images, y, 0.01, state=state.slot("a", 0), progress=False)
+    again = run_suite(suite, model, images, y, 0.01, state=state.slot("a", 0), progress=False)
+    assert torch.equal(first.ensemble.correct, again.ensemble.correct)
+    assert again.ensemble.records[0].seconds == first.ensemble.records[0].seconds  # not rerun
+    with pytest.raises(ConvertSNNError, match="other settings"):
+        StateDir(tmp_path / "state", {"eps": 0.02})
+
+
+def test_suites_grow_in_strength():
+    assert len(QUICK.candidates) < len(STANDARD.candidates) < len(FULL.candidates)
+    assert {"bptr", "ann"} <= set(QUICK.candidates)
+    assert len(FULL.candidates) == 20  # native + seed 001's 19 variants
+    for suite in (QUICK, STANDARD, FULL):
+        assert suite.stages[-1].attack == "square"  # black-box last: the flag needs it
+        assert suite.adaptive
+
+
+def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
+    y = snn(images).argmax(1)
+    modes = candidate_modes(STANDARD, snn)
+    assert modes[0] == "bptt:triangle:1" and sum(m.startswith("adaptive") for m in modes) == 3
+    runs, ranking = prepare_runs(STANDARD, snn, images, y, 8 / 255, probe_samples=8)
+    assert len(ranking) == len(modes)
+    assert [(s.broken, s.loss) for s in ranking] == sorted(
+        [(s.broken, s.loss) for s in ranking], reverse=True
+    )
+    pgd_modes = [r.mode for r in runs if r.attack == "pgd"]
+    assert sum(m.startswith("adaptive") for m in pgd_modes) == 1
+    assert [r.mode for r in runs if r.attack == "apgd-t"] == pgd_modes[:1]
+    assert [r.attack for r in runs][-2:] == ["transfer", "square"]
+
+
+def test_suites_on_a_plain_classifier_use_its_own_gradient(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    runs, _ = prepare_runs(STANDARD, model, images, y, 8 / 255)
+    assert {r.mode for r in runs} == {"native"}
+    assert "transfer" not in {r.attack for r in runs}
+
+
+@pytest.fixture
+def snn_file(snn, tmp_path):
+    return save_snn(snn, tmp_path / "snn.safetensors")
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_npz(tmp_path / "data.npz", n=12, shape=(12, 12, 3))
+
+
+def evaluate(*args):
+    return CliRunner().invoke(main, ["evaluate", *map(str, args), "--device", "cpu"])
+
+
+def test_cli_quick_suite_with_report_and_resume(snn_file, data, tmp_path):
+    out, report, state = tmp_path / "r.json", tmp_path / "report", tmp_path / "state"
+    args = [snn_file, "--data", data, "-T", "2,4", "--suite", "quick", "--eps", "4/255,16/255",
+            "--attack-timesteps", "4", "--out", out, "--resume", state]  # fmt: skip
+    result = evaluate(*args, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "quick" in result.output and "determinism" in result.output
+    document = json.loads(out.read_text())
+    assert [r["model"] for r in document["rows"]] == ["ANN", "SNN T=2", "SNN T=4"]
+    snn4 = document["rows"][2]
+    assert set(snn4["details"]) == set(snn4["robust"]) and not document["rows"][1]["robust"]
+    detail = snn4["details"][f"{4 / 255:.6g}"]
+    assert {f["check"] for f in detail["flags"]} >= {"gradients", "black-box", "determinism"}
+    assert detail["runs"][0]["label"] == "fgsm [bptt:triangle:1]"
+    assert (report / "report.md").is_file() and (report / "accuracy_vs_eps.png").is_file()
+    assert (report / "accuracy_vs_T.png").is_file()
+    assert "## SNN T=4" in (report / "report.md").read_text()
+    again = evaluate(*args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(out.read_text())["rows"][2]["robust"] == snn4["robust"]
+    changed = evaluate(*args[:-2], "--resume", state, "--seed", "1")
+    assert changed.exit_code != 0 and "other settings" in changed.output
+
+
+def test_cli_single_attack_in_a_gradient_mode(snn_file, data, tmp_path):
+    out = tmp_path / "r.json"
+    result = evaluate(snn_file, "--data", data, "--attack", "apgd-ce", "--steps", "3",
+                      "--gradient", "bptr", "--no-ann", "--no-sanity", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["rows"][0]["details"][f"{8 / 255:.6g}"]["runs"]
+    assert [r["label"] for r in runs] == ["apgd-ce-3 [bptr]"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--suite", "quick", "--attack", "pgd"], "not both"),
+        (["--suite", "quick", "--gradient", "bptr"], "single --attack"),
+        (["--attack", "cw"], "unknown attack"),
+        (["--attack", "pgd", "--gradient", "bptx"], "unknown gradient mode"),
+        (["--attack", "square", "--gradient", "bptr"], "black-box"),
+        (["--suite", "quick", "--eps", "-1"], "--eps must be >= 0"),
+        (["--resume", "somewhere"], "need --suite or --attack"),
+        (["--suite", "quick", "--autoattack", "standard", "--autoattack-mode", "ann"], "'ann'"),
+    ],
+)
+def test_cli_bad_evaluation_options(snn_file, data, args, message):
+    result = evaluate(snn_file, "--data", data, *args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output.splitlines()[-1], result.output
+
+
+def test_cli_stochastic_model_uses_eot(snn, data, tmp_path):
+    from convertsnn.snn.encoding import parse_encoder
+
+    snn.encoder = parse_encoder("poisson")
+    path = save_snn(snn, tmp_path / "poisson.safetensors")
+    out = tmp_path / "r.json"
+    result = evaluate(path, "--data", data, "--attack", "fgsm", "--eot", "4", "--no-ann",
+                      "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["eot"] == 4
+    flags = document["rows"][0]["details"][f"{8 / 255:.6g}"]["flags"]
+    determinism = next(f for f in flags if f["check"] == "determinism")
+    assert not determinism["raised"] and "4 draws" in determinism["message"]
+
+
+def test_cli_clean_only_report(snn_file, data, tmp_path):
+    result = evaluate(snn_file, "--data", data, "--report", tmp_path / "rep")
+    assert result.exit_code == 0, result.output
+    assert "clean accuracy only" in (tmp_path / "rep" / "report.md").read_text()
