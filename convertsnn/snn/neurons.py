@@ -108,12 +108,20 @@ class IFNeuron(nn.Module):
         theta = self._theta(x.dim())
         if self.gradient_mode == "bptr":
             return _RateBackprop.apply(seq, theta, self).flatten(0, 1)
+        if isinstance(self.surrogate, Surrogate):
+            out = _IFDynamics.apply(
+                seq, theta, self.leak, self.reset == "zero", self.v_init, self.surrogate
+            )
+            return out.flatten(0, 1)
         return self.simulate(seq, theta, self.surrogate).flatten(0, 1)
 
-    def simulate(
-        self, seq: torch.Tensor, theta: torch.Tensor, surrogate: Surrogate
-    ) -> torch.Tensor:
-        """Run the dynamics on ``seq`` ``[T, B, ...]``; returns ``theta * spikes`` ``[T, B, ...]``."""
+    def simulate(self, seq: torch.Tensor, theta: torch.Tensor, surrogate) -> torch.Tensor:
+        """Run the dynamics step by step through autograd; returns ``theta * spikes`` ``[T, B, ...]``.
+
+        ``surrogate`` is any object whose ``spike(x)`` is called once per step, in order (e.g.
+        the adaptive surrogate of :mod:`convertsnn.attacks.adaptive_surrogate`). For a plain
+        :class:`Surrogate` the forward pass uses the equivalent, faster :class:`_IFDynamics`.
+        """
         u = torch.zeros_like(seq[0]) + self.v_init * theta
         out = []
         for current in seq:
@@ -122,6 +130,59 @@ class IFNeuron(nn.Module):
             u = u - spike * theta if self.reset == "subtract" else u * (1 - spike)
             out.append(spike * theta)
         return torch.stack(out)
+
+
+class _IFDynamics(torch.autograd.Function):
+    """The IF/LIF dynamics of :meth:`IFNeuron.simulate` with a hand-written BPTT.
+
+    One autograd node for all T steps instead of about six per step; only the pre-spike
+    membrane ``h[t] = leak * u[t-1] + I[t]`` is stored. Backward, from ``t = T`` down to 1, with
+    ``sg = surrogate'(h - theta)`` and ``gu`` the gradient reaching ``u[t]`` from later steps::
+
+        subtract:  gs = go*theta - gu*theta;  gh = gu + gs*sg;          gtheta += go*s - gu*s - gs*sg
+        zero:      gs = go*theta - gu*h;      gh = gu*(1 - s) + gs*sg;  gtheta += go*s - gs*sg
+        gI[t] = gh;  gu <- leak * gh;   finally gtheta += v_init * gu   (u[0] = v_init * theta)
+    """
+
+    @staticmethod
+    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
+        membrane = torch.empty_like(seq)
+        out = torch.empty_like(seq)
+        u = v_init * theta
+        for t, current in enumerate(seq):
+            h = current + leak * u
+            spike = (h >= theta).to(seq.dtype)
+            membrane[t] = h
+            out[t] = spike * theta
+            u = h * (1 - spike) if reset_zero else h - spike * theta
+        ctx.save_for_backward(membrane, theta)
+        ctx.settings = (leak, reset_zero, v_init, surrogate)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        membrane, theta = ctx.saved_tensors
+        leak, reset_zero, v_init, surrogate = ctx.settings
+        grad_in = torch.empty_like(membrane)
+        grad_theta = torch.zeros_like(membrane[0])
+        gu = torch.zeros_like(membrane[0])
+        for t in range(len(membrane) - 1, -1, -1):
+            h, go = membrane[t], grad_out[t]
+            sg = surrogate.derivative(h - theta)
+            spike = (h >= theta).to(h.dtype)
+            if reset_zero:
+                gs = go * theta - gu * h
+                gh = gu * (1 - spike) + gs * sg
+                grad_theta += go * spike - gs * sg
+            else:
+                gs = (go - gu) * theta
+                gh = gu + gs * sg
+                grad_theta += (go - gu) * spike - gs * sg
+            grad_in[t] = gh
+            gu = leak * gh
+        grad_theta += v_init * gu
+        grad_theta = grad_theta.sum_to_size(theta.shape) if theta.dim() else grad_theta.sum()
+        return grad_in, grad_theta, None, None, None, None
 
 
 class _RateBackprop(torch.autograd.Function):
