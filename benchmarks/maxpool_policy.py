@@ -124,8 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/convertsnn_maxpool"))
-    parser.add_argument("--train-images", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-images", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--test-images", type=int, default=1000)
     parser.add_argument("--calibration", default="percentile:99.99")
     parser.add_argument("--timesteps", default="2,4,8,16,32,64")
     parser.add_argument("--seed", type=int, default=0)
@@ -133,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     steps = sorted(int(t) for t in args.timesteps.split(","))
     lossless = str(args.data_dir / "cifar10_lossless_subset.npz")
-    test = DataLoader(load_dataset(lossless, "test"), batch_size=50)
+    test = DataLoader(load_dataset(lossless, "test", limit=args.test_images), batch_size=50)
     calib = DataLoader(load_dataset(lossless, "train", limit=512), batch_size=64)
 
     start = time.perf_counter()
@@ -148,7 +149,11 @@ def main() -> None:
             )
     result = {
         "command": "python benchmarks/maxpool_policy.py " + " ".join(sys.argv[1:]),
-        "data": {"train": "cifar10_jpeg.npz", "test": "cifar10_lossless_subset.npz"},
+        "data": {
+            "train": "cifar10_jpeg.npz",
+            "test": "cifar10_lossless_subset.npz",
+            "test_images": args.test_images,
+        },
         "arch": {"name": "vgg11_bn", **ARCH},
         "train": {"images": args.train_images, "epochs": args.epochs, "seconds": train_seconds},
         "calibration": args.calibration,
@@ -187,7 +192,7 @@ def main() -> None:
         f"Command: `{result['command']}`",
         "",
         f"ANN trained here for {args.epochs} epochs on the first {args.train_images} images of "
-        "cifar10_jpeg.npz (train split); evaluated on the 1,000 lossless test images of "
+        f"cifar10_jpeg.npz (train split); evaluated on the first {args.test_images} test images of "
         f"cifar10_lossless_subset.npz. Thresholds: `{args.calibration}` on 512 lossless training "
         "images (the avg-pool variant recalibrated). Accuracy in %.",
         "",

@@ -528,9 +528,12 @@ def cli_rows(results: Results, args, work: Path) -> None:
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             done = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
             lines = [
-                line.split("\r")[-1] for line in done.stdout.splitlines() + done.stderr.splitlines()
+                line.split("\r")[-1] for line in done.stderr.splitlines() + done.stdout.splitlines()
             ]
-            return {"exit_code": done.returncode, "output": [line for line in lines if line.strip()][-2:],
+            output = [
+                line for line in lines if line.strip() and "it/s]" not in line
+            ]  # no progress bars
+            return {"exit_code": done.returncode, "output": output,
                     "opset": onnx.load(str(work / "resnet18.onnx")).opset_import[0].version}  # fmt: skip
 
         run_row(results, key, measure)
@@ -779,10 +782,11 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
 
+    data, models = (os.path.relpath(p, ROOT) for p in (args.data_dir, args.models_dir))
     header = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/onnx_import.py " + " ".join(sys.argv[1:]),
-        "data": f"{args.data_dir.name}/cifar10_lossless_subset.npz, {args.data_dir.name}/mnist.npz; "
-        f"checkpoints {args.models_dir.name}/resnet20-12fca82f.th, {args.models_dir.name}/vnncomp_resnet2b_pgd2.pth",
+        "command": " ".join(["OMP_NUM_THREADS=1 python benchmarks/onnx_import.py", *sys.argv[1:]]),
+        "data": f"{data}/cifar10_lossless_subset.npz, {data}/mnist.npz; checkpoints "
+        f"{models}/resnet20-12fca82f.th, {models}/vnncomp_resnet2b_pgd2.pth",
         "machine": f"CPU, {torch.get_num_threads()} thread(s)",
         "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
         "images": args.images, "seed": args.seed,

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune import FinetuneConfig, TrainConfig, finetune, load_recipe
+from convertsnn.finetune.surrogate import threshold_relative
 from convertsnn.importers import load_ann
+from convertsnn.snn.network import SpikingNetwork
+from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.serialize import load_snn
 from tests.conftest import write_npz
 from tests.finetune_helpers import separable_npz, tiny_snn_file
@@ -184,3 +189,23 @@ def test_config_rejects_values_from_python_too():
         FinetuneConfig(model="m", data="d", epochs=0)
     with pytest.raises(ConvertSNNError, match="no architecture"):
         TrainConfig(data="d")
+
+
+def test_threshold_relative_surrogate_is_a_triangle_as_wide_as_the_threshold():
+    def network(surrogate: str) -> SpikingNetwork:
+        return SpikingNetwork(nn.Sequential(IFNeuron(threshold=4.0, surrogate=surrogate)), 3)
+
+    torch.manual_seed(0)
+    x = torch.rand(5, 7) * 8
+    outputs, grads = [], []
+    for snn, relative in ((network("triangle:1"), True), (network("triangle:4"), False)):
+        x_in = x.clone().requires_grad_(True)
+        with threshold_relative(snn) if relative else nullcontext():
+            out = snn.forward_sequence(x_in)
+            out.pow(2).sum().backward()
+        outputs.append(out.detach())
+        grads.append(x_in.grad)
+    assert torch.equal(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+    assert str(next(network("triangle:1").neurons()).surrogate) == "triangle:1"

@@ -93,6 +93,8 @@ def test_flag_rules():
     assert check_gradients([record("a", False, 1, zero=3)]).raised
     assert not check_blackbox([record("sq", True, 2)], samples=1000).raised  # 0.2 % tolerance
     assert check_blackbox([record("sq", True, 3)], samples=1000).raised
+    twice = check_blackbox([record("sq", True, 2), record("sq", True, 1)], samples=1000)
+    assert twice.raised and "sq: 3" in twice.message
     assert check_eps_trend({0.01: 0.5, 0.02: 0.6}, samples=100).raised
     assert not check_eps_trend({0.01: 0.5, 0.02: 0.3}, samples=100).raised
 
@@ -118,3 +120,14 @@ def test_autoattack_cross_check_passes_on_its_warnings(images):
     result = run_autoattack(model, x, y, 16 / 255, version="rand")
     assert any("zero gradient" in w for w in result.warnings), result.warnings
     assert 0 <= result.robust <= 1 and result.correct.shape == (16,)
+
+
+def test_repeated_black_box_runs_that_still_break_are_flagged():
+    from convertsnn.eval.sanity import check_more_queries
+
+    first, again = record("square-5000", True, 20), record("square-5000", True, 5)
+    first.attack = again.attack = "square"
+    assert check_more_queries([first, again], samples=1000).raised
+    assert not check_more_queries([first], samples=1000).raised
+    again.lowered = 1
+    assert not check_more_queries([first, again], samples=1000).raised

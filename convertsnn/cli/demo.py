@@ -30,7 +30,7 @@ DEMO_DATA = ASSETS / "mnist_sample.npz"
 
 @click.command("demo")
 @click.option(
-    "--images", default=500, show_default=True, type=int, help="Test images to use (max 1000)."
+    "--images", default=300, show_default=True, type=int, help="Test images to use (max 1000)."
 )
 @click.option(
     "--timesteps", "-T", default="4,8,16", show_default=True, help="Comma-separated T values."

@@ -172,6 +172,8 @@ class _Run:
             self.augment.generator.set_state(state["augment"][ctx.rank])
             set_rng_state(state["rng"][ctx.rank], ctx.device)
             self.progress = state["progress"]
+        elif config.resume and ctx.is_main and config.progress:
+            tqdm.write(f"no checkpoint in {self.out_dir}: starting a new run")
         if ctx.is_main:
             text = json.dumps(config.to_dict(), indent=2) + "\n"
             atomic_write(self.out_dir / "config.json", lambda tmp: Path(tmp).write_text(text))

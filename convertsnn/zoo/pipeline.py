@@ -15,8 +15,8 @@ Each step runs as ``python -m convertsnn ...`` in its own process, from the fold
 
 - ``{out}``: the file the build must produce (``--out``); ``output`` is copied there at the end;
 - ``{work}``: a folder for intermediate files and run directories (``--work-dir``);
-- ``{data}``: the folder holding the datasets (``--data-root``; default ``../shared/data`` next
-  to the repository).
+- ``{data}``: the folder holding the datasets (``--data-root``; default ``../shared/data``,
+  kept relative to the repository root so that files recording it stay the same everywhere).
 
 Long runs resume: rerun the same command (train/finetune steps carry ``--resume``), or skip the
 finished steps with ``--from-step N``.
@@ -115,7 +115,7 @@ def run_pipeline(
         raise ConvertSNNError(f"--from-step must be between 1 and {total}, got {from_step}")
     root = pipeline.root
     out, work = Path(out).resolve(), Path(work_dir).resolve()
-    data = Path(data_root).resolve() if data_root else (root / DEFAULT_DATA_ROOT).resolve()
+    data = Path(data_root).resolve() if data_root else DEFAULT_DATA_ROOT  # relative to root
     values = dict(zip(PLACEHOLDERS, (str(out), str(work), str(data)), strict=True))
     commands = [[_fill(word, values) for word in shlex.split(step)[1:]] for step in pipeline.steps]
     for args in commands:

@@ -13,12 +13,13 @@ becomes the IF threshold; with reset by subtraction and a membrane starting at `
 converter's defaults) the SNN's expected output equals ``h`` at any T.
 
 The paper trains from scratch for hundreds of epochs; here a pretrained ANN is finetuned for a
-few epochs on the calibration images (``epochs``, default 2, batch 64, SGD momentum 0.9,
-cosine schedule, weight decay 5e-4, random crop + flip for image batches), distilling the
+few epochs on the calibration images (``epochs``, default 3, batch 64, SGD with learning rate
+0.002 and momentum 0.9, cosine schedule, weight decay 5e-4, random crop + flip for image
+batches; larger learning rates diverge on BN-folded ResNets), distilling the
 original ANN's soft predictions (cross-entropy to its softmax), so no labels are needed and a
 small set does not overfit. Give it a few thousand training images for CIFAR-sized nets.
 
-Spec: ``qcfs[:L=4,epochs=2,lr=0.01,p=99.9,batch=64,seed=0]`` (a bare number is ``L``).
+Spec: ``qcfs[:L=4,epochs=3,lr=0.002,p=99.9,batch=64,seed=0]`` (a bare number is ``L``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class QCFS(CalibrationMethod):
     """``qcfs[:L=4,...]``: finetune the ANN with QCFS activations; thresholds = learned theta."""
 
     name = "qcfs"
-    defaults: ClassVar[dict] = {"L": 4, "epochs": 2, "lr": 0.01, "p": 99.9, "batch": 64, "seed": 0}
+    defaults: ClassVar[dict] = {"L": 4, "epochs": 3, "lr": 0.002, "p": 99.9, "batch": 64, "seed": 0}
 
     def __init__(self, arg: str | None = None) -> None:
         options = parse_options(self.name, arg, self.defaults)
