@@ -9,6 +9,7 @@ from convertsnn.cli import main
 from convertsnn.convert import convert, prepare_ann
 from convertsnn.convert.calibration import get_calibration, list_calibrations
 from convertsnn.convert.calibration.bias_correction import channel_mean
+from convertsnn.convert.calibration.mse import best_threshold
 from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, save_ann
@@ -52,9 +53,17 @@ def data() -> torch.Tensor:
 
 
 def test_registry_lists_every_method():
-    assert {"max", "percentile", "layerwise", "channelwise", "qcfs", "biascal", "bnstats"} <= set(
-        list_calibrations()
-    )
+    expected = {
+        "max",
+        "percentile",
+        "layerwise",
+        "channelwise",
+        "qcfs",
+        "biascal",
+        "bnstats",
+        "mse",
+    }
+    assert expected <= set(list_calibrations())
 
 
 @pytest.mark.parametrize(
@@ -170,8 +179,9 @@ def test_bnstats_needs_no_data_and_matches_the_activation_scale(data):
     observed = convert(model, loader(data), calibration="percentile:99.9")
     for a, b in zip(free.thresholds.values(), observed.thresholds.values(), strict=True):
         assert 0.5 < a.item() / b.item() < 2.0
-    # without any BatchNorm it falls back to propagating through the weights
-    plain = convert(create_model("mnist_cnn", width=4).eval(), None, calibration="bnstats")
+    # without any BatchNorm it falls back to propagating through the weights, and says so
+    with pytest.warns(UserWarning, match="no BatchNorm statistics"):
+        plain = convert(create_model("mnist_cnn", width=4).eval(), None, calibration="bnstats")
     assert all(t.item() > 0 for t in plain.thresholds.values())
 
 
@@ -183,7 +193,8 @@ def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
     out = tmp_path / "snn.safetensors"
     result = CliRunner().invoke(main, ["convert", str(ann), "-T", "4", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "BatchNorm statistics (bnstats" in result.output and "--calib" in result.output
+    assert "without data (bnstats: BatchNorm statistics" in result.output
+    assert "--calib DATA" in result.output
     assert out.is_file() and "calibration bnstats:3" in result.output
     data = write_npz(tmp_path / "d.npz", n=8, shape=(32, 32, 3))
     result = CliRunner().invoke(
@@ -191,6 +202,19 @@ def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "calibration qcfs:L=2,epochs=0" in result.output
+
+
+def test_mse_threshold_trades_clipping_for_resolution(data):
+    torch.manual_seed(0)
+    values = torch.rand(20000)
+    assert best_threshold(values, 1.0, 64, 0.5, 100) >= 0.95
+    assert best_threshold(values, 1.0, 2, 0.5, 100) < 0.9
+    model = small_cnn().eval()
+    short = convert(model, loader(data), timesteps=2, calibration="mse")
+    long = convert(model, loader(data), timesteps=32, calibration="mse")
+    top = convert(model, loader(data), calibration="max")
+    for a, b, m in zip(*(s.thresholds.values() for s in (short, long, top)), strict=True):
+        assert a < b <= m
 
 
 def test_quantised_activation_values():

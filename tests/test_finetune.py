@@ -204,8 +204,8 @@ def test_threshold_relative_surrogate_is_a_triangle_as_wide_as_the_threshold():
             out = snn.forward_sequence(x_in)
             out.pow(2).sum().backward()
         outputs.append(out.detach())
-        grads.append(x_in.grad)
+        grads.append((x_in.grad, next(snn.neurons()).threshold.grad))
     assert torch.equal(outputs[0], outputs[1])
     torch.testing.assert_close(grads[0], grads[1])
-    assert grads[0].abs().sum() > 0
+    assert grads[0][0].abs().sum() > 0 and grads[0][1] != 0
     assert str(next(network("triangle:1").neurons()).surrogate) == "triangle:1"

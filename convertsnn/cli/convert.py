@@ -113,9 +113,10 @@ def command(
         calibration = "percentile:99.99" if loader else NO_DATA_CALIBRATION
         if not loader:
             click.echo(
-                f"no --calib data: thresholds from BatchNorm statistics ({calibration}, "
-                "data-free); for higher accuracy pass --calib DATA (a few hundred training "
-                "images) and --calibration biascal or qcfs (see docs/conversion.md)"
+                f"no --calib data: thresholds estimated without data ({calibration}: BatchNorm "
+                "statistics propagated through the weights); for higher accuracy pass --calib "
+                "DATA (a few hundred training images) and --calibration biascal or qcfs (see "
+                "docs/conversion.md)"
             )
     metadata = ann.metadata()
     metadata["calibration_data"] = (

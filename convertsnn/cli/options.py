@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
+import math
 
 import click
 import torch
@@ -11,9 +11,13 @@ from convertsnn.errors import ConvertSNNError
 
 
 def parse_number(text: str, what: str) -> float:
-    """``"0.1"`` or ``"8/255"`` to a float."""
+    """``"0.1"``, ``"8/255"`` or ``"0.5/255"`` to a float."""
     try:
-        return float(Fraction(text.strip()))
+        numerator, _, denominator = text.strip().partition("/")
+        value = float(numerator) / float(denominator or "1")
+        if not math.isfinite(value):
+            raise ValueError(text)
+        return value
     except (ValueError, ZeroDivisionError):
         raise ConvertSNNError(
             f"{what} '{text}' is not a number (write e.g. 0.1 or 8/255)"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convertsnn.layers import Normalize
+from convertsnn.snn.dlif import DLIFNeuron
 from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.pooling import SpikingMaxPool2d
 
@@ -77,6 +78,14 @@ MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict]]] = {
     "IFNeuron": (
         IFNeuron,
         lambda m: {"threshold": torch.zeros(m.threshold.shape).tolist(), **m.config()},
+    ),
+    "DLIFNeuron": (
+        DLIFNeuron,
+        lambda m: {
+            "threshold": torch.zeros(m.threshold.shape).tolist(),
+            "timesteps": m.gain.numel(),
+            **m.config(),
+        },
     ),
 }
 

@@ -74,6 +74,10 @@ def run_autoattack(
         raise ConvertSNNError("AutoAttack cannot use the 'ann' gradient mode (it would judge the "
                               "ANN proxy); choose a bptt, bptr or adaptive mode")  # fmt: skip
     wrapped = ModelInMode(model, parsed) if isinstance(model, SpikingNetwork) else model
+    if parsed.kind == "native":
+        from convertsnn.eval.suites import native_mode
+
+        parsed = native_mode(model)  # name the surrogate AutoAttack saw
     wrapped.eval()
     adversary = AutoAttack(wrapped, eps=eps, norm=NORMS[norm], version=version, seed=seed,
                            device=x.device)  # fmt: skip

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,19 +31,20 @@ from convertsnn.snn.surrogate import Surrogate
 SURROGATE_SCALES = ("threshold", "absolute")
 
 
-class ThresholdRelativeSurrogate:
-    """``base`` applied to ``(u - theta) / theta`` (theta detached in the divisor)."""
+@dataclass(frozen=True)
+class ThresholdRelativeSurrogate(Surrogate):
+    """The ``family:g`` surrogate applied to ``(u - theta) / theta`` of ``neuron``.
 
-    def __init__(self, neuron: IFNeuron, base: Surrogate) -> None:
-        self.neuron = neuron
-        self.base = base
+    ``dS/du = f'(x / theta) / theta`` at ``x = u - theta``, with theta read from the neuron at
+    every call (it learns) and detached in the divisor. A :class:`Surrogate`, so neurons keep
+    their fused BPTT; printed as the plain spec it scales.
+    """
 
-    def spike(self, x: torch.Tensor) -> torch.Tensor:
+    neuron: IFNeuron | None = field(default=None, compare=False, repr=False)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.neuron._theta(x.dim()).detach()
-        return self.base.spike(x / theta)
-
-    def __str__(self) -> str:
-        return str(self.base)
+        return super().derivative(x / theta) / theta
 
 
 @contextmanager
@@ -50,7 +52,7 @@ def threshold_relative(snn: SpikingNetwork) -> Iterator[SpikingNetwork]:
     """Every neuron's own surrogate, threshold-relative, inside the block (restored on exit)."""
     saved = {neuron: neuron.surrogate for neuron in snn.neurons()}
     for neuron, surrogate in saved.items():
-        neuron.surrogate = ThresholdRelativeSurrogate(neuron, surrogate)
+        neuron.surrogate = ThresholdRelativeSurrogate(surrogate.family, surrogate.g, neuron)
     try:
         yield snn
     finally:

@@ -39,6 +39,10 @@ class Regularizer:
             raise ConvertSNNError(f"regularizer '{self.name}' needs a weight >= 0, got {weight}")
         self.weight = weight
 
+    def setup(self, model: nn.Module) -> None:
+        """Called once with the model as loaded, before training (and before a checkpoint is
+        restored); e.g. to keep a frozen copy of it. Nothing by default."""
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput
     ) -> torch.Tensor:

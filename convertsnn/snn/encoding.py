@@ -12,6 +12,9 @@ Encoders run in pixel space, before the model's own normalisation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from convertsnn.errors import ConvertSNNError
@@ -81,3 +84,13 @@ def parse_encoder(spec: str | Encoder) -> Encoder:
     raise ConvertSNNError(
         f"unknown encoder '{spec}'; use 'direct', 'poisson' or 'gaussian:SIGMA' (e.g. gaussian:0.1)"
     )
+
+
+@contextmanager
+def same_noise_next(device: str | torch.device) -> Iterator[None]:
+    """Random draws inside the block are made again by the next draws: the random generators
+    (CPU and ``device``) are restored on exit. Two forward passes of a stochastic encoder, the
+    first inside the block, then see the same noise (common random numbers)."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield

@@ -6,6 +6,7 @@ from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     channelwise,
     layerwise,
     max_norm,
+    mse,
     percentile,
     qcfs,
 )

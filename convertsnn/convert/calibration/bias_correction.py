@@ -47,12 +47,14 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
 def bias_owner(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     """The layer whose bias adds straight into ``node``'s value: a conv/linear or affine
     BatchNorm used only there, found through residual adds; None if there is none."""
+    if len(node.users) != 1:
+        return None
     if node.op == "call_function" and node.target in _ADDS:
         for arg in node.args:
             if isinstance(arg, fx.Node) and (owner := bias_owner(gm, arg)) is not None:
                 return owner
         return None
-    if node.op != "call_module" or len(node.users) != 1:
+    if node.op != "call_module":
         return None
     module = gm.get_submodule(node.target)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
@@ -71,12 +73,12 @@ class BiasCalibration(CalibrationMethod):
     """``biascal[:BASE]``: BASE's thresholds, then per-layer bias correction on the SNN."""
 
     name = "biascal"
+    depends_on_timesteps = True
     images = 256
     iterations = 3
 
     def __init__(self, arg: str | None = None) -> None:
         self.base = get_calibration(arg or "percentile:99.99")
-        self.needs_data = True
 
     def prepare_ann(
         self, ann: fx.GraphModule, loader: DataLoader | None, device: torch.device

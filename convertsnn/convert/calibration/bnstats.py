@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,8 @@ _UNCHANGED_CALLS = {
     "flatten",
     "contiguous",
     "mean",
+    "squeeze",
+    "unsqueeze",
 }
 _ADD = {operator.add, operator.iadd, torch.add, "add"}
 _SUB = {operator.sub, torch.sub, "sub"}
@@ -130,6 +133,7 @@ class _Propagation:
         self.gm, self.k = gm, k
         self.env: dict[fx.Node, Moments | None] = {}
         self.thresholds: dict[str, torch.Tensor] = {}
+        self.batchnorms = 0
 
     def fail(self, node: fx.Node, why: str = "") -> ConvertSNNError:
         return ConvertSNNError(
@@ -194,10 +198,12 @@ class _Propagation:
             return relu_moments(m)
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             if "bn_stats" in node.meta:
+                self.batchnorms += 1
                 mean, std = node.meta["bn_stats"]
                 return Moments(mean.cpu(), std.cpu() ** 2)
             return _linear_moments(module, self.arg(node))
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            self.batchnorms += 1
             std = (module.running_var / (module.running_var + module.eps)).sqrt().detach().cpu()
             if module.affine:
                 return Moments(
@@ -270,7 +276,15 @@ class BNStats(CalibrationMethod):
         device: torch.device,
     ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            found = _Propagation(ann, self.k).run()
+            propagation = _Propagation(ann, self.k)
+            found = propagation.run()
+        if not propagation.batchnorms:
+            warnings.warn(
+                "bnstats: the model has no BatchNorm statistics (none in the architecture, or "
+                "folded by an ONNX exporter), so thresholds come from the weights alone and are "
+                "crude; pass calibration images (--calib) for better ones",
+                stacklevel=2,
+            )
         return {name: found[name] for name in activations}
 
     def __str__(self) -> str:

@@ -1,0 +1,85 @@
+"""T-aware thresholds: per layer, the threshold that best reproduces the ANN activations with the
+T-level output an IF neuron can give.
+
+Li et al., ICML 2021 ("A free lunch from ANN: towards efficient, accurate spiking neural networks
+calibration", section 4.1): in T steps an IF neuron with threshold ``theta`` (reset by
+subtraction, membrane starting at ``v_init * theta``) outputs, for a constant input ``a``,
+
+    q(a) = theta / T * clamp(floor(a T / theta + v_init), 0, T)
+
+A large threshold wastes resolution (steps of ``theta / T``), a small one clips; the best
+trade-off depends on T. For each layer, the threshold is searched on a grid of fractions of the
+layer's maximum activation to minimise ``mean((q(a) - relu(a))^2)`` over a sample of the
+layer's positive activations. The search needs T, so it runs on the converted SNN (for its
+``timesteps``), from the samples taken during calibration.
+
+Spec: ``mse[:grid=100]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+from torch.utils.data import DataLoader
+
+from convertsnn.convert.calibration.observers import ActivationObserver, observe_activations
+from convertsnn.convert.calibration.registry import (
+    CalibrationMethod,
+    parse_options,
+    register_calibration,
+)
+from convertsnn.errors import ConvertSNNError
+
+
+def best_threshold(
+    values: torch.Tensor, top: float, timesteps: int, v_init: float, grid: int
+) -> float:
+    """The threshold in ``top * (1..grid)/grid`` whose T-level output is closest (MSE) to
+    ``values`` (positive activations)."""
+    best, best_error = top, float("inf")
+    for i in range(1, grid + 1):
+        theta = top * i / grid
+        q = torch.floor(values * timesteps / theta + v_init).clamp(0, timesteps) * (
+            theta / timesteps
+        )
+        error = (q - values).pow(2).mean().item()
+        if error < best_error:
+            best, best_error = theta, error
+    return best
+
+
+@register_calibration
+class MSEThreshold(CalibrationMethod):
+    """``mse[:grid=100]``: per layer, the threshold minimising the T-step output error."""
+
+    name = "mse"
+    depends_on_timesteps = True
+
+    def __init__(self, arg: str | None = None) -> None:
+        self.grid = parse_options(self.name, arg, {"grid": 100})["grid"]
+        if self.grid < 1:
+            raise ConvertSNNError(f"mse needs grid >= 1, got {self.grid}")
+        self._observers: dict[str, ActivationObserver] = {}
+
+    def thresholds(
+        self,
+        ann: fx.GraphModule,
+        activations: list[str],
+        loader: DataLoader | None,
+        device: torch.device,
+    ) -> dict[str, torch.Tensor]:
+        """The layer maxima for now; :meth:`correct_snn` searches below them for the SNN's T."""
+        self._observers = observe_activations(ann, activations, loader, device)
+        return {name: obs.max.cpu() for name, obs in self._observers.items()}
+
+    def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
+        for name, module in snn.body.named_modules():
+            if name not in self._observers:
+                continue
+            obs = self._observers[name]
+            values = torch.cat(obs.samples)
+            theta = best_threshold(values, obs.max.item(), snn.timesteps, module.v_init, self.grid)
+            module.threshold.data = torch.full_like(module.threshold.data, theta)
+
+    def __str__(self) -> str:
+        return f"mse:grid={self.grid}"
