@@ -24,7 +24,19 @@ def test_demo_runs_offline_and_reports_ann_and_snn(tmp_path):
     out = tmp_path / "demo.json"
     result = CliRunner().invoke(
         main,
-        ["demo", "--images", "40", "-T", "2,8", "--steps", "3", "--out", str(out), "--device", "cpu"],
+        [
+            "demo",
+            "--images",
+            "40",
+            "-T",
+            "2,8",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}

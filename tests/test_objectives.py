@@ -124,7 +124,7 @@ def test_inner_pgd_raises_its_loss_and_stays_in_the_ball():
 
 
 def test_objective_settings_are_checked():
-    assert list_objectives() == ["mart", "pgd-at", "trades", "trades-rfgsm"]
+    assert {"mart", "pgd-at", "trades", "trades-rfgsm"} <= set(list_objectives())
     with pytest.raises(ConvertSNNError, match="unknown objective 'fgsm-at'; choose one of"):
         get_objective("fgsm-at", eps=0.1)
     with pytest.raises(ConvertSNNError, match="eps must be at least 0"):
@@ -157,5 +157,5 @@ def test_a_registered_regularizer_composes_with_any_objective(monkeypatch):
     base = out.loss.item()
     total = regularized_loss([regularizer], model, x, y, out)
     assert total.item() == pytest.approx(base + 0.5 * out.terms["logit-norm"], rel=1e-5)
-    with pytest.raises(ConvertSNNError, match="unknown regularizer 'sparsity'"):
-        get_regularizer("sparsity:0.1")
+    with pytest.raises(ConvertSNNError, match="unknown regularizer 'no-such-term'"):
+        get_regularizer("no-such-term:0.1")

@@ -42,9 +42,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from convertsnn.cli import convert, demo, evaluate, finetune, models, train, zoo
+    from convertsnn.cli import certify, convert, demo, evaluate, finetune, models, train, zoo
 
-    for module in (convert, demo, evaluate, finetune, models, train, zoo):
+    for module in (certify, convert, demo, evaluate, finetune, models, train, zoo):
         main.add_command(module.command)
 
 

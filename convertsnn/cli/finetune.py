@@ -15,8 +15,14 @@ import click
 
 from convertsnn.eval.report import write_json
 from convertsnn.finetune import FinetuneConfig, FitResult, RunConfig, finetune, load_recipe
-from convertsnn.finetune.config import AUGMENTATIONS, OPTIMIZERS, PARAMETER_SETS, SCHEDULES
-from convertsnn.objectives import list_objectives
+from convertsnn.finetune.config import (
+    AUGMENTATIONS,
+    NEURON_CHOICES,
+    OPTIMIZERS,
+    PARAMETER_SETS,
+    SCHEDULES,
+)
+from convertsnn.objectives import list_objectives, list_regularizers
 
 # (flag, field, click type, help); the default shown is the config class's.
 _SHARED = [
@@ -29,8 +35,9 @@ _SHARED = [
     ("--eps", "eps", str, "L-inf radius of the inner attack, e.g. 2/255."),
     ("--alpha", "alpha", str, "Inner attack step size (objective's default if unset)."),
     ("--attack-steps", "attack_steps", int, "Inner attack steps (objective's default if unset)."),
-    ("--beta", "beta", str, "Weight of the robust term (TRADES 6, MART 4, trades-rfgsm 2)."),
-    ("--regularizer", "regularizers", str, "Extra loss term NAME:WEIGHT (repeatable)."),
+    ("--beta", "beta", str, "Weight of the robust term (TRADES 6, MART 4, trades-rfgsm 2, rssnn rho 1)."),
+    ("--regularizer", "regularizers", str, f"Extra loss term NAME[:WEIGHT] (repeatable): {', '.join(list_regularizers())}."),
+    ("--weight-projection", "weight_projection", float, "Parseval weight projection beta after each step (RSSNN AT+Reg: 5e-4; 0 = off)."),
     ("--epochs", "epochs", int, "Training epochs."),
     ("--batch-size", "batch_size", int, "Global batch size (split over torchrun processes)."),
     ("--optimizer", "optimizer", str, f"{' or '.join(OPTIMIZERS)}."),
@@ -121,6 +128,15 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.argument("model", required=False)
 @click.option("--timesteps", "-T", type=int, help="Simulation steps T (default: the model's).")
 @click.option("--surrogate", help="Surrogate for BPTT, FAMILY[:G] (default: the model's).")
+@click.option(
+    "--encoder", help="Input coding to train with and save: direct, poisson or gaussian:SIGMA "
+    "(noise training; default: the model's).",
+)  # fmt: skip
+@click.option(
+    "--neuron", type=str,
+    help=f"{' or '.join(NEURON_CHOICES)}: dlif turns every IF neuron into a DLIF neuron with "
+    f"learnable per-step input gains, all 1 at first{_default(FinetuneConfig, 'neuron')}.",
+)  # fmt: skip
 @click.option(
     "--surrogate-scale", type=str,
     help="threshold: surrogate on (u - theta) / theta while training (stable BPTT); absolute: on "

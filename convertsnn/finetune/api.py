@@ -25,6 +25,8 @@ from convertsnn.finetune.surrogate import threshold_relative
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.importers.base import with_normalization
 from convertsnn.models import create_model
+from convertsnn.snn.dlif import to_dlif
+from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import load_snn, save_snn
 
@@ -41,6 +43,10 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
         snn = load_snn(config.model, ctx.device)
         if config.timesteps is not None:
             snn.timesteps = config.timesteps
+        if config.encoder is not None:
+            snn.encoder = parse_encoder(config.encoder)
+        if config.neuron == "dlif":
+            to_dlif(snn)
         snn.set_gradient("bptt", config.surrogate)
         train_set, val_set = load_training_data(
             config.data, config.val_fraction, config.seed, config.data_dir,

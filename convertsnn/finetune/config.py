@@ -21,12 +21,14 @@ import yaml
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.surrogate import SURROGATE_SCALES
 from convertsnn.objectives import get_objective, get_regularizer
+from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.surrogate import parse_surrogate
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "cosine-epoch", "constant")
 AUGMENTATIONS = ("none", "crop-flip")
 PARAMETER_SETS = ("all", "weights", "thresholds")
+NEURON_CHOICES = ("keep", "dlif")
 
 # Fields that change how a run is carried out but not what it computes: a resumed run may
 # change them (a run directory may also be moved).
@@ -51,6 +53,7 @@ class RunConfig:
     beta: float | None = None
     random_start: bool = True
     regularizers: list[str] = field(default_factory=list)
+    weight_projection: float = 0.0
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "sgd"
@@ -95,6 +98,11 @@ class RunConfig:
             raise ConvertSNNError(f"weight_decay must be at least 0, got {self.weight_decay}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
+        if not 0 <= self.weight_projection < 1:
+            raise ConvertSNNError(
+                f"weight_projection must be in [0, 1) (seed 003 uses 5e-4), got "
+                f"{self.weight_projection}"
+            )
         _at_least("checkpoint_every", self.checkpoint_every, 0)
         _at_least("log_every", self.log_every, 0)
         if not self.out_dir:
@@ -116,14 +124,26 @@ class RunConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def differences(self, other: dict) -> list[str]:
-        """Settings (other than :data:`RUNTIME_FIELDS`) that differ from ``other``."""
+        """Settings (other than :data:`RUNTIME_FIELDS`) that differ from ``other``; a setting
+        that ``other`` lacks (added to convertsnn later) counts only if it is not at its default."""
         mine = self.to_dict()
+        defaults = type(self)._defaults()
         keys = sorted(set(mine) | set(other))
         return [
             f"{k}: {other.get(k)!r} -> {mine.get(k)!r}"
             for k in keys
-            if k not in RUNTIME_FIELDS and mine.get(k) != other.get(k)
+            if k not in RUNTIME_FIELDS and mine.get(k) != other.get(k, defaults.get(k))
         ]
+
+    @classmethod
+    def _defaults(cls) -> dict:
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                values[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                values[f.name] = f.default_factory()
+        return json.loads(json.dumps(values))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "settings"):
@@ -151,6 +171,8 @@ class FinetuneConfig(RunConfig):
 
     model: str = ""
     timesteps: int | None = None
+    encoder: str | None = None
+    neuron: str = "keep"
     surrogate: str | None = None
     surrogate_scale: str = "threshold"
     train: str = "all"
@@ -170,6 +192,9 @@ class FinetuneConfig(RunConfig):
             parse_surrogate(self.surrogate)
         _choice("surrogate_scale", self.surrogate_scale, SURROGATE_SCALES)
         _choice("train", self.train, PARAMETER_SETS)
+        if self.encoder is not None:
+            parse_encoder(self.encoder)
+        _choice("neuron", self.neuron, NEURON_CHOICES)
         super().validate()
 
 

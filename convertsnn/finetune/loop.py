@@ -36,6 +36,7 @@ from convertsnn.finetune.checkpoint import (
 from convertsnn.finetune.config import RunConfig
 from convertsnn.finetune.data import Augmenter, batch
 from convertsnn.finetune.distributed import DistContext
+from convertsnn.finetune.projection import project_weights
 from convertsnn.finetune.runlog import RunLog
 from convertsnn.objectives import get_regularizer, regularized_loss
 from convertsnn.snn.serialize import atomic_write
@@ -124,6 +125,8 @@ class _Run:
         self.out_dir = Path(config.out_dir)
         self.objective = config.build_objective()
         self.regularizers = [get_regularizer(spec) for spec in config.regularizers]
+        for regularizer in self.regularizers:
+            regularizer.setup(task.model)
         self.local_batch = config.batch_size // ctx.world_size
         self.steps_per_epoch = math.ceil(
             math.ceil(len(train_set) / ctx.world_size) / self.local_batch
@@ -215,6 +218,8 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if config.weight_projection:
+                project_weights(self.task.model, config.weight_projection)
             if config.schedule == "cosine":
                 self.scheduler.step()
             _accumulate(sums, loss.item(), out, y)

@@ -5,7 +5,17 @@ Every objective is called as ``objective(model, x, y) -> ObjectiveOutput``; see
 subclass of :class:`Objective` and importing it here.
 """
 
-from convertsnn.objectives import mart, pgd_at, trades, trades_rfgsm  # noqa: F401  (register)
+from convertsnn.objectives import (  # noqa: F401  (register)
+    distill,
+    mart,
+    mppd,
+    natural,
+    pgd_at,
+    rssnn,
+    sparsity,
+    trades,
+    trades_rfgsm,
+)
 from convertsnn.objectives.base import Objective, ObjectiveOutput, kl_divergence
 from convertsnn.objectives.registry import (
     get_objective,

@@ -9,10 +9,18 @@ perturbed pass and integrates the difference without reset or spikes::
     V    = mean over t, batch and neurons of e[t]^2
 
 with the clean branch detached (and, for stochastic encoders, both passes drawing the same
-noise). As in their code, ``I[t]`` is the current the layer receives
-(before a DLIF neuron's gain) and ``leak`` is the neuron's own (0.99 there). A converted IF
-neuron has leak 1, where the bound diverges with T, so its difference is integrated with leak
-:data:`IF_LEAK` = 0.99.
+noise). As in their code, ``I[t]`` is the current the layer receives (before a DLIF neuron's
+gain) and ``leak`` is the neuron's own (0.99 there). Two adaptations to converted models:
+
+- Currents are measured in units of the layer's threshold (``I / theta``, per channel where the
+  threshold is): their neurons fire at threshold 1, converted ones at calibrated thresholds of
+  5-10 in ANN activation units, which would scale ``V`` by ``theta^2`` (on the converted
+  ResNet-2B and 64 RFGSM examples at 2/255: 5.9 in activation units, 0.045 in threshold
+  units). A converted layer with output ``theta * spike`` is the same
+  network as a threshold-1 layer with its input weights divided by ``theta``, so this is the
+  paper's ``V`` of that equivalent network.
+- A converted IF neuron has leak 1, where the bound diverges with T, so its difference is
+  integrated with leak :data:`IF_LEAK` = 0.99 (the paper's tau).
 
 :class:`MembranePerturbation` (``--regularizer mppd:RHO``) adds ``rho * V`` between the clean
 batch and the objective's ``x_adv`` to any objective (two extra forward passes, the clean one
@@ -73,17 +81,22 @@ def recorded_currents(neuron: IFNeuron) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def integration_leak(neuron: IFNeuron) -> float:
-    """The leak ``e[t]`` is integrated with: the neuron's own, or :data:`IF_LEAK` for IF."""
-    return neuron.leak if neuron.leak < 1 else IF_LEAK
+def layer_perturbation(neuron: IFNeuron, clean: torch.Tensor, perturbed: torch.Tensor):
+    """:func:`membrane_perturbation` of ``neuron``'s recorded currents ``[T, B, ...]``, in units
+    of its threshold, integrated with its leak (:data:`IF_LEAK` for IF neurons)."""
+    leak = neuron.leak if neuron.leak < 1 else IF_LEAK
+    return membrane_perturbation(clean, perturbed, leak, neuron._theta(clean.dim() - 1))
 
 
 def membrane_perturbation(
-    clean: torch.Tensor, perturbed: torch.Tensor, leak: float
+    clean: torch.Tensor, perturbed: torch.Tensor, leak: float, threshold: torch.Tensor | float = 1.0
 ) -> torch.Tensor:
-    """``V = mean(e^2)`` for currents ``[T, B, ...]``, ``e[t] = leak e[t-1] + clean[t] - pert[t]``;
-    the clean currents are detached."""
-    diff = clean.detach() - perturbed
+    """``V = mean(e^2)`` for currents ``[T, B, ...]`` in units of ``threshold`` (a scalar or
+    broadcastable to ``[B, ...]``), ``e[t] = leak e[t-1] + (clean[t] - pert[t]) / threshold``;
+    the clean currents and the threshold are detached."""
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.detach()
+    diff = (clean.detach() - perturbed) / threshold
     e = torch.zeros_like(diff[0])
     total = diff.new_zeros(())
     for step in diff:
@@ -108,4 +121,4 @@ class MembranePerturbation(Regularizer):
             with torch.no_grad(), same_noise_next(x.device):
                 model(x)
             model(out.x_adv)
-        return membrane_perturbation(calls[0], calls[1], integration_leak(neuron))
+        return layer_perturbation(neuron, calls[0], calls[1])

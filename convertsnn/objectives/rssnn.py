@@ -25,12 +25,7 @@ from torch import nn
 from convertsnn.attacks.fgsm import FGSM
 from convertsnn.errors import ConvertSNNError
 from convertsnn.objectives.base import Objective
-from convertsnn.objectives.mppd import (
-    integration_leak,
-    last_spiking_layer,
-    membrane_perturbation,
-    recorded_currents,
-)
+from convertsnn.objectives.mppd import last_spiking_layer, layer_perturbation, recorded_currents
 from convertsnn.objectives.registry import register_objective
 from convertsnn.snn.encoding import same_noise_next
 
@@ -74,7 +69,7 @@ class RSSNNFGSM(Objective):
             adv_logits = model(x_adv)
         ce_clean = F.cross_entropy(clean_logits, y)
         ce_adv = F.cross_entropy(adv_logits, y)
-        v = membrane_perturbation(calls[0], calls[1], integration_leak(neuron))
+        v = layer_perturbation(neuron, calls[0], calls[1])
         loss = CLEAN_SHARE * ce_clean + (1 - CLEAN_SHARE) * ce_adv + self.beta * v
         terms = {"ce_clean": ce_clean.item(), "ce_adv": ce_adv.item(), "mppd": v.item()}
         return loss, adv_logits, terms

@@ -1,0 +1,108 @@
+"""`convertsnn finetune` with the defences: DLIF, RSSNN, SR, noise training + distillation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from convertsnn.cli import main
+from convertsnn.finetune import FinetuneConfig
+from convertsnn.snn.dlif import DLIFNeuron
+from convertsnn.snn.serialize import load_snn
+from tests.finetune_helpers import separable_npz, tiny_snn_file
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("defences")
+    data = separable_npz(root / "data.npz", n=40)
+    return tiny_snn_file(root / "snn.safetensors", data, timesteps=3), data
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+COMMON = ("--epochs", "1", "--batch-size", "16", "--val-fraction", "0.25",
+          "--val-attack-steps", "2", "--device", "cpu", "--no-progress", "--lr", "0.05")  # fmt: skip
+
+
+def test_rssnn_with_dlif_projection_and_sparsity_trains_and_saves(files, tmp_path):
+    snn_path, data = files
+    run = tmp_path / "rssnn"
+    result = run_cli("finetune", snn_path, "--data", data, "--out-dir", run, *COMMON,
+                     "--objective", "rssnn-fgsm", "--eps", "4/255", "--neuron", "dlif",
+                     "--weight-projection", "5e-4", "--weight-decay", "0",
+                     "--regularizer", "sparsity:0.001", "--log-every", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model = load_snn(run / "last.safetensors")
+    neurons = list(model.neurons())
+    assert neurons and all(isinstance(n, DLIFNeuron) for n in neurons)
+    assert any(not torch.equal(n.gain.detach(), torch.ones(3)) for n in neurons)
+    steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r["type"] == "step"]
+    assert {"ce_clean", "ce_adv", "mppd", "sparsity"} <= set(steps[0])
+    config = model.metadata["finetune"]["config"]
+    assert config["neuron"] == "dlif" and config["weight_projection"] == 5e-4
+
+
+def test_noise_training_with_distillation_keeps_the_encoder(files, tmp_path):
+    snn_path, data = files
+    run = tmp_path / "rsc"
+    result = run_cli("finetune", snn_path, "--data", data, "--out-dir", run, *COMMON,
+                     "--objective", "natural", "--encoder", "gaussian:0.05",
+                     "--regularizer", "distill:1", "--log-every", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model = load_snn(run / "best.safetensors")
+    assert str(model.encoder) == "gaussian:0.05" and model.encoder.stochastic
+    record = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert record["distill"] >= 0 and "ce_clean" in record
+    # resuming the finished run with the same settings is a no-op, also for the distill teacher
+    again = run_cli("finetune", snn_path, "--data", data, "--out-dir", run, *COMMON,
+                    "--objective", "natural", "--encoder", "gaussian:0.05",
+                    "--regularizer", "distill:1", "--log-every", "1", "--resume")  # fmt: skip
+    assert again.exit_code == 0, again.output
+
+
+def test_objectives_compose_with_a_regularizer_and_an_encoder(files, tmp_path):
+    snn_path, data = files
+    run = tmp_path / "composed"
+    result = run_cli("finetune", snn_path, "--data", data, "--out-dir", run, *COMMON,
+                     "--objective", "trades", "--attack-steps", "2", "--eps", "0.05",
+                     "--regularizer", "sparsity", "--regularizer", "mppd:0.5",
+                     "--encoder", "gaussian:0.1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert str(load_snn(run / "last.safetensors").encoder) == "gaussian:0.1"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--encoder", "laplace:0.1"], "unknown encoder 'laplace:0.1'"),
+        (["--encoder", "gaussian:-1"], "gaussian encoder needs sigma > 0"),
+        (["--neuron", "lif"], "unknown neuron 'lif'; choose one of keep, dlif"),
+        (["--weight-projection", "-1"], "weight_projection must be in [0, 1)"),
+        (["--regularizer", "sparsity:x"], "regularizer weight in 'sparsity:x' is not a number"),
+        (["--regularizer", "sr"], "unknown regularizer 'sr' (distill, mppd, sparsity)"),
+        (["--objective", "rssnn-fgsm", "--attack-steps", "3"], "one perturbation of size eps"),
+    ],
+)
+def test_bad_defence_settings_give_one_line_errors(files, tmp_path, flags, message):
+    snn_path, data = files
+    result = run_cli("finetune", snn_path, "--data", data, "--out-dir", tmp_path / "r", *flags)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert message in result.output
+
+
+def test_a_setting_added_later_at_its_default_does_not_block_resuming(files, tmp_path):
+    snn_path, data = files
+    config = FinetuneConfig(model=str(snn_path), data=str(data))
+    saved = config.to_dict()
+    del saved["weight_projection"], saved["neuron"]
+    assert config.differences(saved) == []
+    changed = FinetuneConfig(model=str(snn_path), data=str(data), neuron="dlif")
+    assert changed.differences(saved) == ["neuron: None -> 'dlif'"]
