@@ -63,7 +63,7 @@ class Gated(nn.Module):
 
     def forward(self, x):
         y = F.relu(self.conv(x))
-        return (y * torch.sigmoid(y)).mean((2, 3))
+        return (y * torch.sigmoid(y.mean((2, 3), keepdim=True))).mean((2, 3))
 
 
 class WithGelu(nn.Module):

@@ -123,6 +123,19 @@ class Swish(nn.Module):
         return F.silu(self.conv(x)).flatten(1)
 
 
+class SigmoidGatedSwish(nn.Module):
+    """SiLU as ONNX exporters write it: x * sigmoid(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        h = self.conv(x)
+        return (h * self.gate(h)).flatten(1)
+
+
 class Sorts(nn.Module):
     def forward(self, x):
         return torch.sort(torch.relu(x).flatten(1)).values
@@ -138,6 +151,7 @@ class Attention(nn.Module):
     ("model", "message"),
     [
         (Swish(), "SiLU/Swish is not a ReLU"),
+        (SigmoidGatedSwish(), "'gate' (module Sigmoid): SiLU/Swish (x * sigmoid(x)) is not a ReLU"),
         (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU()), "GELU is not a ReLU"),
         (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Mish()), "Mish is not a ReLU"),
         (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1)), "not supported"),

@@ -300,3 +300,19 @@ def test_bad_recipes_are_refused_before_running(tmp_path):
     recipe.write_text(yaml.safe_dump({"pipeline": ["convertsnn models"]}))
     result = runner.invoke(main, ["zoo", "build", str(recipe), "--from-step", "2"])
     assert_clean_error(result, "--from-step must be between 1 and 1")
+
+
+def test_an_installed_package_reads_the_index_the_wheel_installs(files, tmp_path, monkeypatch):
+    """Outside a source checkout the index comes from <prefix>/share/convertsnn/model_zoo."""
+    from convertsnn.zoo import registry
+
+    installed = write_index(files["snn"].parent, entry("installed", files["snn"]))
+    monkeypatch.delenv(registry.INDEX_ENV, raising=False)
+    monkeypatch.setattr(registry, "CHECKOUT_INDEX", tmp_path / "no_checkout" / "index.yaml")
+    monkeypatch.setattr(registry, "INSTALLED_INDEX", installed)
+    assert registry.index_path() == installed
+    assert zoo.list_models() == ["installed"]
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"share/convertsnn/model_zoo" = ["model_zoo/index.yaml", "model_zoo/*.safetensors"]' in (
+        pyproject
+    )

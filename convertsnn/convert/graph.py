@@ -24,6 +24,7 @@ Normalisation, in order:
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,18 @@ _NON_RELU = {
     "softmax": "Softmax",
     "log_softmax": "LogSoftmax",
 }
+
+
+def _is_swish_gate(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` is the sigmoid of a SiLU/Swish written as ``x * sigmoid(x)`` (how ONNX
+    exporters spell SiLU)."""
+    if _op_name(node, gm) != "sigmoid" or not node.args:
+        return False
+    source = node.args[0]
+    return any(
+        user.target in (torch.mul, operator.mul, "mul") and source in user.args
+        for user in node.users
+    )
 
 
 class _Tracer(fx.Tracer):
@@ -272,8 +285,9 @@ def check_supported(gm: fx.GraphModule) -> None:
             ok = key in ops.METHODS
         op = _op_name(node, gm)
         if not ok and op in _NON_RELU:
+            name = "SiLU/Swish (x * sigmoid(x))" if _is_swish_gate(node, gm) else _NON_RELU[op]
             raise ConvertSNNError(
-                f"cannot convert {describe(node, gm)}: {_NON_RELU[op]} is not a ReLU, and an IF "
+                f"cannot convert {describe(node, gm)}: {name} is not a ReLU, and an IF "
                 "neuron's firing rate only approximates (clipped) ReLU; retrain or finetune the "
                 "ANN with ReLU activations, then convert"
             )

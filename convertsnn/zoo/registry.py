@@ -28,7 +28,8 @@ The index is a table, not code (as timm's pretrained configs and RobustBench's m
 
 ``file`` and ``url`` are exclusive. Which index is read: the ``index`` argument, else the
 ``CONVERTSNN_ZOO_INDEX`` environment variable, else ``model_zoo/index.yaml`` of the source
-checkout this package lives in.
+checkout this package lives in, else the copy a wheel installs to
+``<sys.prefix>/share/convertsnn/model_zoo/index.yaml``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import difflib
 import fnmatch
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,8 @@ from convertsnn.errors import ConvertSNNError
 INDEX_FORMAT = "convertsnn.zoo"
 INDEX_VERSION = 1
 INDEX_ENV = "CONVERTSNN_ZOO_INDEX"
-DEFAULT_INDEX = Path(__file__).resolve().parents[2] / "model_zoo" / "index.yaml"
+CHECKOUT_INDEX = Path(__file__).resolve().parents[2] / "model_zoo" / "index.yaml"
+INSTALLED_INDEX = Path(sys.prefix) / "share" / "convertsnn" / "model_zoo" / "index.yaml"
 KINDS = ("snn", "ann")
 URL_SCHEMES = ("https://", "file://")
 
@@ -204,8 +207,11 @@ class ZooIndex:
 
 
 def index_path(index: str | os.PathLike | None = None) -> Path:
-    """The index file to read: the argument, ``$CONVERTSNN_ZOO_INDEX``, or the checkout's."""
-    return Path(index or os.environ.get(INDEX_ENV) or DEFAULT_INDEX).expanduser()
+    """The index file to read: the argument, ``$CONVERTSNN_ZOO_INDEX``, the checkout's, or the
+    installed one."""
+    if index or os.environ.get(INDEX_ENV):
+        return Path(index or os.environ[INDEX_ENV]).expanduser()
+    return CHECKOUT_INDEX if CHECKOUT_INDEX.is_file() else INSTALLED_INDEX
 
 
 def load_index(index: str | os.PathLike | None = None) -> ZooIndex:
