@@ -45,7 +45,7 @@ from convertsnn.snn.serialize import atomic_write, package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fidelity_cifar10 import plain_accuracy, snn_accuracy  # noqa: E402
+from fidelity_cifar10 import plain_accuracy, prefix_accuracy, snn_steps  # noqa: E402
 
 CIFAR = Preprocessing((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), (3, 32, 32), 10)
 ARCH = {"width": 0.25, "hidden": 128, "pool": "max"}
@@ -176,7 +176,7 @@ def main() -> None:
             x = next(iter(test))[0][:8]
             reference = (avg_ann if name == "avg-pool" else ann)(x)
             assert torch.allclose(snn(x), reference, atol=1e-3), name
-        result["policies"][name] = snn_accuracy(snn, test, steps, name)
+        result["policies"][name] = prefix_accuracy(snn_steps(snn)(max(steps)), test, steps, name)
         print(f"  {name:14s} " + "  ".join(
             f"T={t}: {100 * a:.1f}" for t, a in result["policies"][name].items()), flush=True)  # fmt: skip
     write_json(args.out.with_suffix(".json"), result)

@@ -62,7 +62,7 @@ def default_radii(sigma: float, n: int, alpha: float) -> list[float]:
 )
 @click.option(
     "--sigma", default=None,
-    help="Add Gaussian noise of this std (pixels) once per sample, before the encoder; needed "
+    help="Add Gaussian noise of this std (pixels) once per noisy draw (shared by its T steps), before the encoder; needed "
     "for models without a gaussian encoder. Default: only the model's own noise.",
 )  # fmt: skip
 @click.option(

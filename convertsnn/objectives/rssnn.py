@@ -54,6 +54,7 @@ class RSSNNFGSM(Objective):
                 f"objective '{self.name}' is one perturbation of size eps; leave out "
                 "--attack-steps and --alpha"
             )
+        self.alpha = self.eps  # one step of size eps (the recorded settings say so)
 
     def attack(self, model, x, y, clean_logits):
         start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1) if self.random_start else x
