@@ -26,7 +26,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -622,6 +622,13 @@ def _num(value, digits: int = 2) -> str:
     return f"{value:.1e}" if isinstance(value, float) else str(value)
 
 
+def _rows_under(rows: dict, prefix: str) -> Iterator[tuple[str, dict]]:
+    """``(name, row)`` for every row keyed ``PREFIX/NAME``, in order."""
+    for key, row in rows.items():
+        if key.startswith(f"{prefix}/"):
+            yield key.split("/", 1)[1], row
+
+
 def _converts(row: dict) -> str:
     if "failed" in row:
         return f"failed: {row['failed']}"
@@ -655,10 +662,8 @@ def render(data: dict) -> str:
         "| family | weights | exporter | opset | batch in file | max \\|Δ\\| import vs ORT | max \\|Δ\\| torch vs ORT | max \\|logit\\| | import s | converts | SNN ann-mode max \\|Δ\\| |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for key, row in rows.items():
-        if not key.startswith("family/"):
-            continue
-        _, family, exporter = key.split("/")
+    for name, row in _rows_under(rows, "family"):
+        family, exporter = name.split("/")
         if "failed" in row:
             out.append(f"| {family} | | {exporter} | | | | | | | failed: {row['failed']} | |")
             continue
@@ -679,18 +684,17 @@ def render(data: dict) -> str:
         "| model | torch | onnxruntime | imported | same predictions (import vs ORT) | max \\|Δ\\| | SNN T=8 | SNN T=32 |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for key, row in rows.items():
-        if key.startswith("accuracy/"):
-            if "failed" in row:
-                out.append(f"| {key.split('/', 1)[1]} | failed: {row['failed']} | | | | | |")
-                continue
-            acc = row["accuracy"]
-            out.append(
-                f"| {key.split('/', 1)[1]} | {100 * acc['torch']:.1f} % | {100 * acc['onnxruntime']:.1f} % | "
-                f"{100 * acc['imported']:.1f} % | {row['same_prediction_imported_vs_onnxruntime']}/1000 | "
-                f"{_num(row['max_abs_diff_vs_onnxruntime'])} | {100 * acc[f'snn_T{TIMESTEPS}']:.1f} % | "
-                f"{100 * acc['snn_T32']:.1f} % |"
-            )
+    for name, row in _rows_under(rows, "accuracy"):
+        if "failed" in row:
+            out.append(f"| {name} | failed: {row['failed']} | | | | | |")
+            continue
+        acc = row["accuracy"]
+        out.append(
+            f"| {name} | {100 * acc['torch']:.1f} % | {100 * acc['onnxruntime']:.1f} % | "
+            f"{100 * acc['imported']:.1f} % | {row['same_prediction_imported_vs_onnxruntime']}/1000 | "
+            f"{_num(row['max_abs_diff_vs_onnxruntime'])} | {100 * acc[f'snn_T{TIMESTEPS}']:.1f} % | "
+            f"{100 * acc['snn_T32']:.1f} % |"
+        )
     out += [
         "",
         "## Files from other tools",
@@ -711,10 +715,7 @@ def render(data: dict) -> str:
         "| file | producer | opset | batch | layout | max \\|Δ\\| import vs ORT | relative to max \\|logit\\| | torch vs ORT | converts | SNN ann-mode, relative |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for key, row in rows.items():
-        if not key.startswith("other/"):
-            continue
-        name = key.split("/", 1)[1]
+    for name, row in _rows_under(rows, "other"):
         if "refused" in row or "failed" in row:
             out.append(f"| {name} | | | | | | | | {_converts(row)} | |")
             continue
@@ -733,10 +734,9 @@ def render(data: dict) -> str:
         "## `convertsnn convert resnet18.onnx --timesteps 8` (torchvision ResNet-18, dynamo export)",
         "",
     ]
-    for key, row in rows.items():
-        if key.startswith("cli/"):
-            out += [f"`{key[4:]}` (file opset {row.get('opset')}) → exit {row.get('exit_code')}:", "",
-                    "```", *row.get("output", [row.get("failed", "")]), "```", ""]  # fmt: skip
+    for name, row in _rows_under(rows, "cli"):
+        out += [f"`{name}` (file opset {row.get('opset')}) → exit {row.get('exit_code')}:", "",
+                "```", *row.get("output", [row.get("failed", "")]), "```", ""]  # fmt: skip
     out += [
         "## RobustBench (cifar10/Linf) from a local model_dir",
         "",
@@ -747,15 +747,14 @@ def render(data: dict) -> str:
         "| entry | architecture | load s | max \\|Δ\\| vs zoo model | converts |",
         "|---|---|---|---|---|",
     ]  # fmt: skip
-    for key, row in rows.items():
-        if key.startswith("robustbench/"):
-            if "failed" in row:
-                out.append(f"| {key.split('/', 1)[1]} | | | | failed: {row['failed']} |")
-                continue
-            out.append(
-                f"| {key.split('/', 1)[1]} | {row['architecture']} | {row['load_seconds']} | "
-                f"{_num(row['max_abs_diff_vs_zoo_model'])} | {_converts(row)} |"
-            )
+    for name, row in _rows_under(rows, "robustbench"):
+        if "failed" in row:
+            out.append(f"| {name} | | | | failed: {row['failed']} |")
+            continue
+        out.append(
+            f"| {name} | {row['architecture']} | {row['load_seconds']} | "
+            f"{_num(row['max_abs_diff_vs_zoo_model'])} | {_converts(row)} |"
+        )
     out += [
         "",
         "## Malformed inputs: what the user sees",
@@ -763,10 +762,9 @@ def render(data: dict) -> str:
         "| case | exit | message |",
         "|---|---|---|",
     ]
-    for key, row in rows.items():
-        if key.startswith("malformed/"):
-            message = row.get("stderr", row.get("failed", "")).replace("|", "\\|")
-            out.append(f"| {key.split('/', 1)[1]} | {row.get('exit_code')} | `{message}` |")
+    for name, row in _rows_under(rows, "malformed"):
+        message = row.get("stderr", row.get("failed", "")).replace("|", "\\|")
+        out.append(f"| {name} | {row.get('exit_code')} | `{message}` |")
     return "\n".join(out) + "\n"
 
 

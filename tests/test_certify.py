@@ -8,11 +8,9 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 from scipy.stats import binom
 from torch import nn
 
-from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.certify import (
     ABSTAIN,
@@ -25,6 +23,7 @@ from convertsnn.eval.certify import (
 from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import load_snn, save_snn
+from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.finetune_helpers import separable_npz, tiny_snn_file
 
 DIRECTION = torch.tensor([0.6, -0.8, 0.0, 0.0])  # unit vector
@@ -106,10 +105,6 @@ def gaussian_snn(tmp_path_factory):
     return save_snn(snn, root / "gauss.safetensors"), path, data
 
 
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def test_certify_command_writes_json_plot_and_resumes(gaussian_snn, tmp_path):
     model, _, data = gaussian_snn
     args = ["certify", model, "--data", data, "--n0", "10", "--n", "60", "--limit", "5",
@@ -143,9 +138,7 @@ def test_certify_command_writes_json_plot_and_resumes(gaussian_snn, tmp_path):
 def test_certify_bad_input_gives_one_line_errors(gaussian_snn, flags, message):
     model, _, data = gaussian_snn
     result = run_cli("certify", model, "--data", data, "--limit", "1", "--device", "cpu", *flags)
-    assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
-    assert message in result.output
+    assert_one_line_error(result, message)
 
 
 def test_certify_a_direct_coded_snn_needs_sigma(gaussian_snn):

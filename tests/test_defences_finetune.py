@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from convertsnn.cli import main
 from convertsnn.finetune import FinetuneConfig
 from convertsnn.snn.dlif import DLIFNeuron
 from convertsnn.snn.serialize import load_snn
+from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.finetune_helpers import separable_npz, tiny_snn_file
 
 
@@ -20,10 +19,6 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("defences")
     data = separable_npz(root / "data.npz", n=40)
     return tiny_snn_file(root / "snn.safetensors", data, timesteps=3), data
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 COMMON = ("--epochs", "1", "--batch-size", "16", "--val-fraction", "0.25",
@@ -93,9 +88,7 @@ def test_objectives_compose_with_a_regularizer_and_an_encoder(files, tmp_path):
 def test_bad_defence_settings_give_one_line_errors(files, tmp_path, flags, message):
     snn_path, data = files
     result = run_cli("finetune", snn_path, "--data", data, "--out-dir", tmp_path / "r", *flags)
-    assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
-    assert message in result.output
+    assert_one_line_error(result, message)
 
 
 def test_a_setting_added_later_at_its_default_does_not_block_resuming(files, tmp_path):

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune import FinetuneConfig, TrainConfig, finetune, load_recipe
 from convertsnn.finetune.surrogate import threshold_relative
@@ -19,6 +17,7 @@ from convertsnn.importers import load_ann
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.serialize import load_snn
+from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import write_npz
 from tests.finetune_helpers import separable_npz, tiny_snn_file
 
@@ -30,10 +29,6 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     data = separable_npz(root / "data.npz", n=40)
     return tiny_snn_file(root / "snn.safetensors", data), data
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def quick(files, out_dir, **settings):
@@ -60,9 +55,7 @@ def quick(files, out_dir, **settings):
 def test_bad_settings_give_one_line_errors(files, tmp_path, flags, message):
     snn, data = files
     result = run_cli("finetune", snn, "--data", data, "--out-dir", tmp_path / "run", *flags)
-    assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
-    assert message in result.output
+    assert_one_line_error(result, message)
     assert not (tmp_path / "run").exists()
 
 

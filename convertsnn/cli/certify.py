@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from convertsnn.cli.options import device_option, parse_number, parse_number_list, resolve_device
+from convertsnn.cli.options import (
+    device_option,
+    parse_number,
+    parse_number_list,
+    resolve_device,
+    write_json_out,
+)
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.certify import (
@@ -20,7 +26,7 @@ from convertsnn.eval.certify import (
     largest_radius,
     plot_certified_accuracy,
 )
-from convertsnn.eval.report import format_table, write_json
+from convertsnn.eval.report import format_table
 from convertsnn.eval.state import StateDir
 from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
@@ -160,9 +166,7 @@ def command(
         "abstained": abstained, "certificates": [vars(c) for c in certificates],
         "versions": package_versions(),
     }  # fmt: skip
-    if out:
-        write_json(out, document)
-        click.echo(f"wrote {out}")
+    write_json_out(out, document)
     if plot:
         plot_certified_accuracy({Path(model_file).name: certificates}, plot,
                                 f"sigma_eff={sigma_eff:.3g}, n={n}, alpha={alpha:g}")  # fmt: skip

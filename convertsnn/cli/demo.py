@@ -14,11 +14,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from convertsnn.attacks import PGD
-from convertsnn.cli.options import device_option, parse_int_list, parse_number, resolve_device
+from convertsnn.cli.options import (
+    device_option,
+    parse_int_list,
+    parse_number,
+    resolve_device,
+    write_json_out,
+)
 from convertsnn.convert import convert
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
-from convertsnn.eval.report import rows_table, write_json
+from convertsnn.eval.report import rows_table
 from convertsnn.eval.robustness import evaluate_over_timesteps
 from convertsnn.importers import load_ann
 from convertsnn.snn.serialize import save_snn
@@ -77,8 +83,6 @@ def command(images, timesteps, eps, steps, calibration, save, out, seed, device)
     if save:
         save_snn(snn, save)
         click.echo(f"wrote {save}")
-    if out:
-        write_json(
-            out, {"demo": True, "images": images, "eps": radius, "steps": steps, "rows": rows}
-        )
-        click.echo(f"wrote {out}")
+    write_json_out(
+        out, {"demo": True, "images": images, "eps": radius, "steps": steps, "rows": rows}
+    )

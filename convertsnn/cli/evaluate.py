@@ -13,6 +13,7 @@ from convertsnn.cli.options import (
     parse_int_list,
     parse_number_list,
     resolve_device,
+    write_json_out,
 )
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
@@ -233,9 +234,7 @@ def command(
         "rows": rows,
         "versions": package_versions(),
     }  # fmt: skip
-    if out:
-        write_json(out, document)
-        click.echo(f"wrote {out}")
+    write_json_out(out, document)
     if report:
         document = json.loads(json.dumps(document, default=vars))
         written = write_report(report, document)

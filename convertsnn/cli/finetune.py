@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import click
 
-from convertsnn.eval.report import write_json
+from convertsnn.cli.options import write_json_out
 from convertsnn.finetune import FinetuneConfig, FitResult, RunConfig, finetune, load_recipe
 from convertsnn.finetune.config import (
     AUGMENTATIONS,
@@ -116,12 +116,10 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
             f"robust {100 * best['val_robust_acc']:.2f}%"
         )
     click.echo(f"last epoch: {result.last}; checkpoint and logs in {result.out_dir}/")
-    if json_out:
-        write_json(json_out, {
-            "best": str(result.best), "last": str(result.last), "best_epoch": result.best_epoch,
-            "out_dir": str(result.out_dir), "history": result.history,
-        })  # fmt: skip
-        click.echo(f"wrote {json_out}")
+    write_json_out(json_out, {
+        "best": str(result.best), "last": str(result.last), "best_epoch": result.best_epoch,
+        "out_dir": str(result.out_dir), "history": result.history,
+    })  # fmt: skip
 
 
 @click.command("finetune")

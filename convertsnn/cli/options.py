@@ -8,6 +8,7 @@ import click
 import torch
 
 from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.report import write_json
 
 
 def parse_number(text: str, what: str) -> float:
@@ -63,3 +64,10 @@ device_option = click.option(
     show_default=True,
     help="cpu, cuda, cuda:N, or auto (CUDA when available).",
 )
+
+
+def write_json_out(path: str | None, document: dict) -> None:
+    """Write ``document`` to the ``--out`` JSON file when one was given, and say so."""
+    if path:
+        write_json(path, document)
+        click.echo(f"wrote {path}")

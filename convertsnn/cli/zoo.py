@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
+from convertsnn.cli.options import write_json_out
 from convertsnn.errors import ConvertSNNError
-from convertsnn.eval.report import format_table, write_json
+from convertsnn.eval.report import format_table
 from convertsnn.zoo.hub import cache_path, sha256_file
 from convertsnn.zoo.loading import pull
 from convertsnn.zoo.pipeline import load_pipeline, run_pipeline
@@ -85,9 +86,7 @@ def list_command(ctx: click.Context, pattern: str | None, out: str | None) -> No
     click.echo(f"{len(entries)} model(s) in {index.path}")
     if lines:
         click.echo(format_table(header, lines))
-    if out:
-        write_json(out, {"index": str(index.path), "models": [e.to_dict() for e in entries]})
-        click.echo(f"wrote {out}")
+    write_json_out(out, {"index": str(index.path), "models": [e.to_dict() for e in entries]})
 
 
 @command.command("info")
@@ -107,9 +106,7 @@ def info_command(ctx: click.Context, name: str, out: str | None) -> None:
     for metrics in entry.metrics:
         click.echo(f"  metrics [{metrics.suite}] on {metrics.data}: {_values(metrics)} %")
         click.echo(f"    measured with: {metrics.command}")
-    if out:
-        write_json(out, entry.to_dict())
-        click.echo(f"wrote {out}")
+    write_json_out(out, entry.to_dict())
 
 
 @command.command("pull")

@@ -71,7 +71,8 @@ class Objective:
             reject it).
         random_start: start the inner attack from a random point near ``x``.
 
-    Subclasses set ``name``/``default_beta`` and write :meth:`attack` and :meth:`loss`.
+    Subclasses set ``name``/``default_beta`` and write :meth:`attack` and :meth:`loss` (and
+    :meth:`step_size` where the method fixes the step).
     """
 
     name: ClassVar[str] = ""
@@ -99,9 +100,15 @@ class Objective:
             raise ConvertSNNError(f"beta must be at least 0, got {beta}")
         self.eps = float(eps)
         self.steps = int(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
+        self.alpha = self.step_size(alpha)
         self.beta = self.default_beta if beta is None else float(beta)
         self.random_start = bool(random_start)
+
+    def step_size(self, alpha: float | None) -> float:
+        """The inner step size: ``alpha``, or the method's default when None (here
+        ``2.5 * eps / steps``). One-step methods override this to check ``alpha`` and ``steps``
+        against what the method allows (``eps`` and ``steps`` are set when it is called)."""
+        return 2.5 * self.eps / self.steps if alpha is None else float(alpha)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         """Inner attack on the plain module, then the loss through ``model``."""

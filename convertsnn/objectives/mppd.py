@@ -40,7 +40,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.objectives.base import ObjectiveOutput, plain_module
 from convertsnn.objectives.regularizers import Regularizer, register_regularizer
 from convertsnn.snn.encoding import same_noise_next
-from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.neurons import IFNeuron, unfold_time
 
 IF_LEAK = 0.99
 
@@ -70,9 +70,7 @@ def recorded_currents(neuron: IFNeuron) -> Iterator[list[torch.Tensor]]:
     calls: list[torch.Tensor] = []
 
     def hook(module: IFNeuron, args: tuple) -> None:
-        current = args[0]
-        steps = module.timesteps
-        calls.append(current.view(steps, current.shape[0] // steps, *current.shape[1:]))
+        calls.append(unfold_time(args[0], module.timesteps))
 
     handle = neuron.register_forward_pre_hook(hook)
     try:

@@ -40,21 +40,14 @@ class RSSNNFGSM(Objective):
     default_beta = 1.0
     default_steps = 1
 
-    def __init__(
-        self,
-        eps: float,
-        steps: int | None = None,
-        alpha: float | None = None,
-        beta: float | None = None,
-        random_start: bool = True,
-    ) -> None:
-        super().__init__(eps, steps, alpha, beta, random_start)
+    def step_size(self, alpha: float | None) -> float:
+        """One step of size eps (the recorded settings say so); steps and alpha are fixed."""
         if self.steps != 1 or alpha is not None:
             raise ConvertSNNError(
                 f"objective '{self.name}' is one perturbation of size eps; leave out "
                 "--attack-steps and --alpha"
             )
-        self.alpha = self.eps  # one step of size eps (the recorded settings say so)
+        return self.eps
 
     def attack(self, model, x, y, clean_logits):
         start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1) if self.random_start else x

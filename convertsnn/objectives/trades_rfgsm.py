@@ -22,22 +22,18 @@ class TradesRFGSM(TRADES):
     default_beta = 2.0
     default_steps = 1
 
-    def __init__(
-        self,
-        eps: float,
-        steps: int | None = None,
-        alpha: float | None = None,
-        beta: float | None = None,
-        random_start: bool = True,
-    ) -> None:
-        super().__init__(eps, steps, alpha, beta, random_start)
+    def step_size(self, alpha: float | None) -> float:
+        """The random step: ``alpha``, default ``eps / 2``, at most eps; one step only."""
         if self.steps != 1:
-            raise ConvertSNNError(f"objective '{self.name}' takes one attack step, got {steps}")
-        self.alpha = self.eps / 2 if alpha is None else float(alpha)
-        if self.alpha > self.eps:
             raise ConvertSNNError(
-                f"RFGSM's random step alpha must be at most eps={self.eps:g}, got {self.alpha:g}"
+                f"objective '{self.name}' takes one attack step, got {self.steps}"
             )
+        alpha = self.eps / 2 if alpha is None else float(alpha)
+        if alpha > self.eps:
+            raise ConvertSNNError(
+                f"RFGSM's random step alpha must be at most eps={self.eps:g}, got {alpha:g}"
+            )
+        return alpha
 
     def attack(self, model, x, y, clean_logits):
         return RFGSM(model, self.eps, alpha=self.alpha, loss="kl")(x, clean_logits)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from convertsnn.errors import ConvertSNNError
-from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.neurons import IFNeuron, unfold_time
 from convertsnn.snn.surrogate import Surrogate
 
 
@@ -72,14 +72,8 @@ class DLIFNeuron(IFNeuron):
                 f"this DLIF neuron has input gains for T={steps} but runs at T={self.timesteps}; "
                 f"run the model at T={steps}"
             )
-        if x.shape[0] % steps:
-            raise ConvertSNNError(
-                f"neuron got a batch of {x.shape[0]}, not a multiple of T={steps}; "
-                "run it inside a SpikingNetwork"
-            )
         gain = self.gain.view(steps, 1, *([1] * (x.dim() - 1)))
-        seq = x.view(steps, x.shape[0] // steps, *x.shape[1:])
-        return super().forward((gain * seq).flatten(0, 1))
+        return super().forward((gain * unfold_time(x, steps)).flatten(0, 1))
 
 
 def to_dlif(snn: nn.Module) -> int:

@@ -31,6 +31,17 @@ GRADIENT_MODES = ("bptt", "bptr", "ann")
 RESETS = ("subtract", "zero")
 
 
+def unfold_time(x: torch.Tensor, steps: int, layer: str = "neuron") -> torch.Tensor:
+    """View a time-folded ``[T*B, ...]`` batch as ``[T, B, ...]``; ``layer`` names the caller
+    in the one-line error raised when the batch is not a multiple of ``T = steps``."""
+    if x.shape[0] % steps:
+        raise ConvertSNNError(
+            f"{layer} got a batch of {x.shape[0]}, not a multiple of T={steps}; "
+            "run it inside a SpikingNetwork"
+        )
+    return x.view(steps, x.shape[0] // steps, *x.shape[1:])
+
+
 class IFNeuron(nn.Module):
     """Integrate-and-fire neuron with a learnable threshold (LIF when ``leak < 1``).
 
@@ -98,13 +109,7 @@ class IFNeuron(nn.Module):
         """``x``: input currents ``[T*B, ...]``; returns ``theta * spikes``, same shape."""
         if self.gradient_mode == "ann":
             return torch.relu(x)
-        steps = self.timesteps
-        if x.shape[0] % steps:
-            raise ConvertSNNError(
-                f"neuron got a batch of {x.shape[0]}, not a multiple of T={steps}; "
-                "run it inside a SpikingNetwork"
-            )
-        seq = x.view(steps, x.shape[0] // steps, *x.shape[1:])
+        seq = unfold_time(x, self.timesteps)
         theta = self._theta(x.dim())
         if self.gradient_mode == "bptr":
             return _RateBackprop.apply(seq, theta, self).flatten(0, 1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.neurons import unfold_time
 
 
 class SpikingMaxPool2d(nn.Module):
@@ -69,12 +69,7 @@ class SpikingMaxPool2d(nn.Module):
         steps = self.timesteps
         if steps == 1:
             return self._pool(x)
-        if x.shape[0] % steps:
-            raise ConvertSNNError(
-                f"spiking max-pool got a batch of {x.shape[0]}, not a multiple of T={steps}; "
-                "run it inside a SpikingNetwork"
-            )
-        running = x.view(steps, -1, *x.shape[1:]).cumsum(0).flatten(0, 1)
+        running = unfold_time(x, steps, "spiking max-pool").cumsum(0).flatten(0, 1)
         # Padding positions hold -inf in max_pool2d, so they are never selected.
         _, index = self._pool(running.detach(), return_indices=True)
         picked = x.flatten(2).gather(2, index.flatten(2))

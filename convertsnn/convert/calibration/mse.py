@@ -19,15 +19,10 @@ Spec: ``mse[:grid=100]``.
 from __future__ import annotations
 
 import torch
-from torch import fx
 from torch.utils.data import DataLoader
 
-from convertsnn.convert.calibration.observers import ActivationObserver, observe_activations
-from convertsnn.convert.calibration.registry import (
-    CalibrationMethod,
-    parse_options,
-    register_calibration,
-)
+from convertsnn.convert.calibration.max_norm import MaxNorm
+from convertsnn.convert.calibration.registry import parse_options, register_calibration
 from convertsnn.errors import ConvertSNNError
 
 
@@ -49,8 +44,12 @@ def best_threshold(
 
 
 @register_calibration
-class MSEThreshold(CalibrationMethod):
-    """``mse[:grid=100]``: per layer, the threshold minimising the T-step output error."""
+class MSEThreshold(MaxNorm):
+    """``mse[:grid=100]``: per layer, the threshold minimising the T-step output error.
+
+    :meth:`thresholds` gives the layer maxima (:class:`MaxNorm`); :meth:`correct_snn` searches
+    below them for the SNN's T.
+    """
 
     name = "mse"
     depends_on_timesteps = True
@@ -59,24 +58,13 @@ class MSEThreshold(CalibrationMethod):
         self.grid = parse_options(self.name, arg, {"grid": 100})["grid"]
         if self.grid < 1:
             raise ConvertSNNError(f"mse needs grid >= 1, got {self.grid}")
-        self._observers: dict[str, ActivationObserver] = {}
-
-    def thresholds(
-        self,
-        ann: fx.GraphModule,
-        activations: list[str],
-        loader: DataLoader | None,
-        device: torch.device,
-    ) -> dict[str, torch.Tensor]:
-        """The layer maxima for now; :meth:`correct_snn` searches below them for the SNN's T."""
-        self._observers = observe_activations(ann, activations, loader, device)
-        return {name: obs.max.cpu() for name, obs in self._observers.items()}
+        self.observers = {}
 
     def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
         for name, module in snn.body.named_modules():
-            if name not in self._observers:
+            if name not in self.observers:
                 continue
-            obs = self._observers[name]
+            obs = self.observers[name]
             values = torch.cat(obs.samples)
             theta = best_threshold(values, obs.max.item(), snn.timesteps, module.v_init, self.grid)
             module.threshold.data = torch.full_like(module.threshold.data, theta)

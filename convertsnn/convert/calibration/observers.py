@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import fx
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from convertsnn.convert.calibration.registry import CalibrationMethod
 from convertsnn.errors import ConvertSNNError
 
 
@@ -97,3 +100,30 @@ def observe_activations(
     if observers and observers[activations[0]].max is None:
         raise ConvertSNNError("the calibration data is empty; pass at least one image")
     return observers
+
+
+class ActivationStatistic(CalibrationMethod):
+    """A method whose threshold for each activation is one statistic of its observed outputs.
+
+    Subclasses write :meth:`statistic`; ``per_channel`` makes the observers sample each channel.
+    The observers of the last :meth:`thresholds` call stay in ``observers`` (for
+    :meth:`correct_snn`).
+    """
+
+    per_channel: ClassVar[bool] = False
+
+    def statistic(self, observer: ActivationObserver) -> torch.Tensor:
+        """The threshold (scalar or per-channel tensor) for one observed activation."""
+        raise NotImplementedError
+
+    def thresholds(
+        self,
+        ann: fx.GraphModule,
+        activations: list[str],
+        loader: DataLoader | None,
+        device: torch.device,
+    ) -> dict[str, torch.Tensor]:
+        self.observers = observe_activations(
+            ann, activations, loader, device, per_channel=self.per_channel
+        )
+        return {name: self.statistic(obs) for name, obs in self.observers.items()}

@@ -6,38 +6,29 @@ networks"); like their SNN toolbox, the percentile is over the non-zero activati
 
 from __future__ import annotations
 
-import torch
-from torch import fx
-from torch.utils.data import DataLoader
+from typing import ClassVar
 
-from convertsnn.convert.calibration.observers import observe_activations
-from convertsnn.convert.calibration.registry import CalibrationMethod, register_calibration
+import torch
+
+from convertsnn.convert.calibration.observers import ActivationObserver, ActivationStatistic
+from convertsnn.convert.calibration.registry import parse_options, register_calibration
 from convertsnn.errors import ConvertSNNError
 
 
 @register_calibration
-class Percentile(CalibrationMethod):
+class Percentile(ActivationStatistic):
     """``percentile[:P]``: threshold = P-th percentile of each layer's positive activations."""
 
     name = "percentile"
+    default_p: ClassVar[float] = 99.99
 
     def __init__(self, arg: str | None = None) -> None:
-        try:
-            self.p = 99.99 if arg is None else float(arg)
-        except ValueError:
-            raise ConvertSNNError(f"percentile must be a number, got '{arg}'") from None
+        self.p = parse_options(self.name, arg, {"p": self.default_p})["p"]
         if not 0 < self.p <= 100:
             raise ConvertSNNError(f"percentile must be in (0, 100], got {self.p}")
 
-    def thresholds(
-        self,
-        ann: fx.GraphModule,
-        activations: list[str],
-        loader: DataLoader | None,
-        device: torch.device,
-    ) -> dict[str, torch.Tensor]:
-        observers = observe_activations(ann, activations, loader, device)
-        return {name: obs.percentile(self.p) for name, obs in observers.items()}
+    def statistic(self, observer: ActivationObserver) -> torch.Tensor:
+        return observer.percentile(self.p)
 
     def __str__(self) -> str:
-        return f"percentile:{self.p:g}"
+        return f"{self.name}:{self.p:g}"
