@@ -98,6 +98,12 @@ def main() -> None:
         "Wall time per calibration (conversion + all rows): "
         + ", ".join(f"{k}: {v['seconds']:.0f} s" for k, v in results.items()),
         "",
+        "Caveat: PGD through one fixed surrogate is the issue's reference attack, not an honest "
+        "robustness number for an SNN (it can land above the ANN's, as the surrogate hides part "
+        "of the gradient). The adaptive suites of `convertsnn evaluate --suite` are; see "
+        "`benchmarks/results/evaluation.md` (section mnist-demo-cnn-T8) and "
+        "`benchmarks/results/zoo.md` for this model under them.",
+        "",
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
