@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -46,6 +47,7 @@ from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
 from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.models.cifar_resnet import PadShortcut
 from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.serialize import atomic_write, load_snn, package_versions, save_snn
 
@@ -117,12 +119,13 @@ def spikingjelly_row(ann: nn.Module, calib: DataLoader, tests, args, mode: str) 
     """
     from spikingjelly.activation_based import ann2snn, functional, neuron
 
-    normalize, net = ann[0], ann[1]
+    normalize, net = ann[0], pad_shortcuts_as_convs(ann[1])
     sj_calib = normalized(calib, normalize)
     sj_tests = tuple(normalized(loader, normalize) for loader in tests)
     start = time.perf_counter()
     recipe = ann2snn.RateCodingRecipe(dataloader=sj_calib, mode=mode)
-    snn = ann2snn.Converter(recipe=recipe, device="cpu").convert(prepare_ann(net)).eval()
+    graph = pooling_as_modules(prepare_ann(net))
+    snn = ann2snn.Converter(recipe=recipe, device="cpu").convert(graph).eval()
     seconds = time.perf_counter() - start
 
     def run_for(steps: int):
@@ -138,6 +141,40 @@ def spikingjelly_row(ann: nn.Module, calib: DataLoader, tests, args, mode: str) 
         "convert_seconds": seconds,
         "as_written": spikingjelly_as_written(net, sj_calib),
     }
+
+
+def pad_shortcuts_as_convs(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose option-A shortcuts (stride-2 subsampling, zero-padded channels;
+    ``F.pad``, which SpikingJelly's step-mode graph refuses) are fixed 1x1 stride-2 convolutions
+    computing exactly the same thing (identity into the middle channels, zeros around)."""
+    net = copy.deepcopy(net)
+    for name, module in list(net.named_modules()):
+        if isinstance(module, PadShortcut):
+            parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+            block = parent  # the shortcut's block knows its input channels through conv1
+            channels = block.conv1.in_channels
+            conv = nn.Conv2d(channels, channels + 2 * module.pad, 1, stride=2, bias=False)
+            with torch.no_grad():
+                conv.weight.zero_()
+                for c in range(channels):
+                    conv.weight[module.pad + c, c] = 1.0
+            setattr(parent, name.rpartition(".")[2], conv)
+    return net
+
+
+def pooling_as_modules(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``F.adaptive_avg_pool2d(x, size)`` calls as ``nn.AdaptiveAvgPool2d(size)`` modules (the
+    same computation; SpikingJelly's step-mode graph accepts modules, not functions)."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            name = f"{node.name}_module"
+            gm.add_submodule(name, nn.AdaptiveAvgPool2d(node.args[1]))
+            with gm.graph.inserting_after(node):
+                module_call = gm.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(module_call)
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
 
 
 def normalized(loader: DataLoader, normalize: nn.Module) -> list:
