@@ -61,6 +61,7 @@ def _model(name: str) -> nn.Module:
     builders = {
         "vgg11_bn_maxpool": lambda: create_model("vgg11_bn", width=0.125, hidden=32),
         "vgg16_bn_avgpool": lambda: create_model("vgg16_bn", width=0.0625, hidden=16, pool="avg"),
+        "vgg11_bn_64px": lambda: create_model("vgg11_bn", width=0.125, hidden=32, input_size=64),
         "resnet20_optionA": lambda: create_model("resnet20"),
         "resnet20_optionB": lambda: create_model("resnet20", shortcut="B"),
         "resnet2b": lambda: create_model("resnet2b"),
@@ -79,10 +80,12 @@ def _model(name: str) -> nn.Module:
 # ImageNet-style ResNets downsample 32x: 16x16 inputs keep them cheap (layer4 sees 1x1).
 INPUT_SIZE = {name: 16 for name in ("torchvision_resnet18", "torchvision_resnet34")}
 INPUT_SIZE |= {name: 16 for name in ("timm_resnet18", "timm_resnet34")}
+INPUT_SIZE["vgg11_bn_64px"] = 64  # TinyImageNet-sized VGG (2x2 features before the classifier)
 
 ARCHITECTURES = [
     "vgg11_bn_maxpool",
     "vgg16_bn_avgpool",
+    "vgg11_bn_64px",
     "resnet20_optionA",
     "resnet20_optionB",
     "resnet2b",

@@ -1,8 +1,9 @@
-"""VGG with BatchNorm for 32x32 inputs (Simonyan & Zisserman 2015; the CIFAR variant of QCFS).
+"""VGG with BatchNorm for small images (Simonyan & Zisserman 2015; the CIFAR variant of QCFS).
 
 ``features`` holds conv3x3-BN-ReLU blocks with 2x2 pooling between stages; ``classifier`` is
 flatten -> linear 512*w -> ReLU -> Dropout -> linear -> ReLU -> Dropout -> linear, with ``w``
-the spatial size left after the pools (1 for 32x32 inputs). ``pool="max"`` (the usual VGG) or
+the spatial size left after the pools (``input_size / 32``: 1 for CIFAR's 32x32, 2 for
+TinyImageNet's 64x64). ``pool="max"`` (the usual VGG) or
 ``"avg"`` (as in QCFS and seed 001, which avoid max-pooling for conversion). ``width`` scales
 every layer (1.0 = 64..512 channels); ``hidden`` is the classifier's width.
 """
@@ -51,10 +52,14 @@ class VGG(nn.Module):
         hidden: int = 512,
         dropout: float = 0.5,
         in_channels: int = 3,
+        input_size: int = 32,
     ) -> None:
         super().__init__()
         if pool not in ("max", "avg"):
             raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+        side = input_size // 2 ** config.count("P")
+        if side < 1 or side * 2 ** config.count("P") != input_size:
+            raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
         layers: list[nn.Module] = []
         channels = in_channels
         for item in config:
@@ -68,7 +73,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels, hidden),
+            nn.Linear(channels * side * side, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden),
@@ -82,18 +87,36 @@ class VGG(nn.Module):
 
 
 @register_model
-def vgg11_bn(num_classes: int = 10, pool: str = "max", width: float = 1.0, hidden: int = 512):
-    """VGG-11 with BatchNorm for 32x32 images (8 conv layers, 3 linear)."""
-    return VGG(CONFIGS["vgg11"], num_classes, pool, width, hidden)
+def vgg11_bn(
+    num_classes: int = 10,
+    pool: str = "max",
+    width: float = 1.0,
+    hidden: int = 512,
+    input_size: int = 32,
+):
+    """VGG-11 with BatchNorm (8 conv layers, 3 linear) for ``input_size`` x ``input_size`` images."""
+    return VGG(CONFIGS["vgg11"], num_classes, pool, width, hidden, input_size=input_size)
 
 
 @register_model
-def vgg13_bn(num_classes: int = 10, pool: str = "max", width: float = 1.0, hidden: int = 512):
-    """VGG-13 with BatchNorm for 32x32 images (10 conv layers, 3 linear)."""
-    return VGG(CONFIGS["vgg13"], num_classes, pool, width, hidden)
+def vgg13_bn(
+    num_classes: int = 10,
+    pool: str = "max",
+    width: float = 1.0,
+    hidden: int = 512,
+    input_size: int = 32,
+):
+    """VGG-13 with BatchNorm (10 conv layers, 3 linear) for ``input_size`` x ``input_size`` images."""
+    return VGG(CONFIGS["vgg13"], num_classes, pool, width, hidden, input_size=input_size)
 
 
 @register_model
-def vgg16_bn(num_classes: int = 10, pool: str = "max", width: float = 1.0, hidden: int = 512):
-    """VGG-16 with BatchNorm for 32x32 images (13 conv layers, 3 linear)."""
-    return VGG(CONFIGS["vgg16"], num_classes, pool, width, hidden)
+def vgg16_bn(
+    num_classes: int = 10,
+    pool: str = "max",
+    width: float = 1.0,
+    hidden: int = 512,
+    input_size: int = 32,
+):
+    """VGG-16 with BatchNorm (13 conv layers, 3 linear) for ``input_size`` x ``input_size`` images."""
+    return VGG(CONFIGS["vgg16"], num_classes, pool, width, hidden, input_size=input_size)
