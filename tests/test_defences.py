@@ -106,6 +106,8 @@ def test_mppd_needs_a_spiking_network():
     x = torch.rand(2, 3, 6, 6)
     with pytest.raises(ConvertSNNError, match="MS-MPPD needs a spiking network"):
         get_regularizer("mppd")(model, x, torch.zeros(2, dtype=torch.long), output_for(x))
+    with pytest.raises(ConvertSNNError, match="MS-MPPD needs a spiking network"):
+        get_regularizer("mppd").setup(model)  # before training starts
 
 
 def test_last_spiking_layer_follows_the_graph_of_a_converted_model(tmp_path):

@@ -111,6 +111,10 @@ class MembranePerturbation(Regularizer):
     name = "mppd"
     default_weight = 1.0
 
+    def setup(self, model: nn.Module) -> None:
+        """Refuse a model without spiking neurons before training starts."""
+        last_spiking_layer(model)
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput
     ) -> torch.Tensor:
