@@ -353,7 +353,10 @@ def markdown(result: dict) -> str:
                 "thresholds are an EMA, momentum 0.1, of per-batch max / 99.9 %), given the network "
                 f"as written (with `F.relu`): {entry['spikingjelly_as_written']}. Its rows use the "
                 "same network with its ReLUs as modules and BatchNorm folded, fed normalised images "
-                "(its step-mode graph also refuses the division of an in-model normalisation layer)."
+                "(its step-mode graph also refuses the division of an in-model normalisation layer, "
+                "and function calls: ResNet-20's option-A shortcuts, `F.pad`, are given to it as "
+                "fixed 1x1 stride-2 convolutions and `F.adaptive_avg_pool2d` as a module, both "
+                "exactly equivalent)."
             )
         lines += [*extra, "", *targets(entry, steps), ""]
     return "\n".join(lines)

@@ -290,7 +290,7 @@ def write_objectives_report(evals, speed, histories, config, steps, command, arg
     for name in ("naive", *OPTIONS):
         e = evals[name]
         option = OPTIONS.get(name)
-        flags = [f["name"] for f in e["flags"] if f["raised"]]
+        flags = [f["check"] for f in e["flags"] if f["raised"]]
         rows.append([
             option.label if option else "naive conversion (not finetuned)",
             option.seed if option else "",

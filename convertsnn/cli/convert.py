@@ -115,8 +115,8 @@ def command(
             click.echo(
                 f"no --calib data: thresholds estimated without data ({calibration}: BatchNorm "
                 "statistics propagated through the weights); for higher accuracy pass --calib "
-                "DATA (a few hundred training images) and --calibration biascal or qcfs (see "
-                "docs/conversion.md)"
+                "DATA (a few hundred training images) and, at T <= 16, --calibration mse or "
+                "biascal:mse (see docs/conversion.md)"
             )
     metadata = ann.metadata()
     metadata["calibration_data"] = (

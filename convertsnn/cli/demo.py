@@ -77,8 +77,13 @@ def command(images, timesteps, eps, steps, calibration, save, out, seed, device)
     )
     click.echo(rows_table(rows, f"PGD-{steps}"))
     click.echo(
+        "note: PGD through one surrogate is an upper bound for an SNN (the surrogate can hide "
+        "gradients); the adaptive suites give the honest number: `convertsnn evaluate "
+        "zoo:mnist_cnn_pgd_snn_t8 --data mnist --suite quick --eps 0.1`"
+    )
+    click.echo(
         "next: `convertsnn convert CHECKPOINT --calib DATA -o snn.safetensors`, then "
-        "`convertsnn evaluate snn.safetensors --data DATA --attack pgd --eps 8/255`"
+        "`convertsnn evaluate snn.safetensors --data DATA --suite standard --eps 8/255`"
     )
     if save:
         save_snn(snn, save)
