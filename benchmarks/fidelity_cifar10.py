@@ -15,8 +15,9 @@ script measures, in one run, on the lossless CIFAR-10 test images (cifar10_lossl
 
 T <= --long-after (16) uses all --test-images (1,000); larger T, whose cost grows with T, the
 first --long-images (200) of them, next to the ANN's accuracy on those. Calibration uses the first
---calib-images lossless *training* images; QCFS finetunes on the first --finetune-images (4,000 =
-all of them). No test image is seen before evaluation. Rows are saved as they finish and
+--calib-images lossless *training* images; QCFS finetunes on the first --finetune-images of the
+--finetune-data training split (default: the 4,000 lossless training images; the 50,000 JPEG
+training images of cifar10_jpeg.npz for a longer run). No test image is seen before evaluation. Rows are saved as they finish and
 converted SNNs cached in --cache-dir; a rerun with the same settings skips finished rows.
 
     OMP_NUM_THREADS=2 python benchmarks/fidelity_cifar10.py --data-dir ../shared/data \
@@ -63,6 +64,7 @@ MODELS = {
     ),
 }
 # Rows in the order they run (the most telling first, so a cut-short run still answers them).
+LOSSLESS = "cifar10_lossless_subset.npz"
 ROWS = [
     "qcfs:L=4",
     "biascal:qcfs:L=4",
@@ -198,11 +200,14 @@ def spikingjelly_as_written(ann: nn.Module, calib: list) -> str:
 def run_model(name: str, args, result: dict, save) -> None:
     file, preprocessing = MODELS[name]
     ann = load_ann(str(args.models_dir / file), arch=name, preprocessing=preprocessing).model
-    data = str(args.data_dir / "cifar10_lossless_subset.npz")
+    data = str(args.data_dir / LOSSLESS)
     test = load_dataset(data, "test", limit=args.test_images)
     tests = (DataLoader(test, batch_size=50), DataLoader(test.subset(0, args.long_images), 25))
     calib = DataLoader(load_dataset(data, "train", limit=args.calib_images), batch_size=64)
-    finetune = DataLoader(load_dataset(data, "train", limit=args.finetune_images), batch_size=64)
+    finetune_set = load_dataset(
+        str(args.data_dir / args.finetune_data), "train", limit=args.finetune_images
+    )
+    finetune = DataLoader(finetune_set, batch_size=64)
     entry = result["models"].setdefault(name, {"rows": {}})
     rows = entry["rows"]
     if "ann_accuracy" not in entry:
@@ -214,7 +219,10 @@ def run_model(name: str, args, result: dict, save) -> None:
 
     def base_snn(spec: str):
         """The SNN converted with ``spec`` (cached on disk, so a resumed run reuses it)."""
-        setting = f"{name}_c{args.calib_images}_f{args.finetune_images}_s{args.seed}"
+        finetune_setting = f"f{args.finetune_images}" + (
+            "" if args.finetune_data == LOSSLESS else f"_{Path(args.finetune_data).stem}"
+        )
+        setting = f"{name}_c{args.calib_images}_{finetune_setting}_s{args.seed}"
         path = args.cache_dir / f"{setting}_{re.sub(r'[^A-Za-z0-9.=]+', '_', spec)}.safetensors"
         if spec not in converted:
             if path.is_file():
@@ -320,8 +328,8 @@ def markdown(result: dict) -> str:
         f"Data: `{result['data']['test']}` (lossless). Test: its first {config['test_images']}"
         f" test images for T <= {config['long_after']}; the first {config['long_images']} of "
         f"them for larger T (CPU time). Calibration: its first {config['calib_images']} "
-        f"training images; QCFS finetuning: its first {config['finetune_images']} training "
-        "images; bias calibration: 256 of the calibration images (128 at T=32, 64 at T=64). "
+        f"training images; QCFS finetuning: the first {config['finetune_images']} training "
+        f"images of `{config['finetune_data']}`; bias calibration: 256 of the calibration images (128 at T=32, 64 at T=64). "
         "Accuracy in %. convertsnn rows: IF neurons, reset by subtraction, membrane starting at "
         "theta/2, direct input coding; a method that does not depend on T is converted once and "
         "its accuracy at T=t read from the mean of its first t logits (equal to a run of t "
@@ -406,6 +414,7 @@ def main() -> None:
     parser.add_argument("--long-images", type=int, default=200)
     parser.add_argument("--calib-images", type=int, default=512)
     parser.add_argument("--finetune-images", type=int, default=4000)
+    parser.add_argument("--finetune-data", default=LOSSLESS, help="npz in --data-dir for QCFS")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/convertsnn_fidelity"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/fidelity_cifar10")
@@ -418,6 +427,7 @@ def main() -> None:
         "long_images": args.long_images,
         "calib_images": args.calib_images,
         "finetune_images": args.finetune_images,
+        "finetune_data": args.finetune_data,
         "seed": args.seed,
     }
     json_path = args.out.with_suffix(".json")
