@@ -28,5 +28,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ConvertSNNError(f"unknown architecture '{name}'; known: {', '.join(list_models())}")
     try:
         return _MODELS[name](**kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConvertSNNError(f"bad arguments for architecture '{name}': {err}") from None

@@ -87,36 +87,18 @@ class VGG(nn.Module):
 
 
 @register_model
-def vgg11_bn(
-    num_classes: int = 10,
-    pool: str = "max",
-    width: float = 1.0,
-    hidden: int = 512,
-    input_size: int = 32,
-):
-    """VGG-11 with BatchNorm (8 conv layers, 3 linear) for ``input_size`` x ``input_size`` images."""
-    return VGG(CONFIGS["vgg11"], num_classes, pool, width, hidden, input_size=input_size)
+def vgg11_bn(**kwargs) -> VGG:
+    """VGG-11 with BatchNorm (8 conv layers, 3 linear); keyword arguments as :class:`VGG`."""
+    return VGG(CONFIGS["vgg11"], **kwargs)
 
 
 @register_model
-def vgg13_bn(
-    num_classes: int = 10,
-    pool: str = "max",
-    width: float = 1.0,
-    hidden: int = 512,
-    input_size: int = 32,
-):
-    """VGG-13 with BatchNorm (10 conv layers, 3 linear) for ``input_size`` x ``input_size`` images."""
-    return VGG(CONFIGS["vgg13"], num_classes, pool, width, hidden, input_size=input_size)
+def vgg13_bn(**kwargs) -> VGG:
+    """VGG-13 with BatchNorm (10 conv layers, 3 linear); keyword arguments as :class:`VGG`."""
+    return VGG(CONFIGS["vgg13"], **kwargs)
 
 
 @register_model
-def vgg16_bn(
-    num_classes: int = 10,
-    pool: str = "max",
-    width: float = 1.0,
-    hidden: int = 512,
-    input_size: int = 32,
-):
-    """VGG-16 with BatchNorm (13 conv layers, 3 linear) for ``input_size`` x ``input_size`` images."""
-    return VGG(CONFIGS["vgg16"], num_classes, pool, width, hidden, input_size=input_size)
+def vgg16_bn(**kwargs) -> VGG:
+    """VGG-16 with BatchNorm (13 conv layers, 3 linear); keyword arguments as :class:`VGG`."""
+    return VGG(CONFIGS["vgg16"], **kwargs)
