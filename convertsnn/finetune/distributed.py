@@ -107,6 +107,8 @@ def distributed_context(device: str = "auto") -> Iterator[DistContext]:
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     try:
         yield DistContext(rank, world_size, target)
+        if started:  # no rank tears down while another still talks to it (gloo aborts then)
+            dist.barrier()
     finally:
         if started:
             dist.destroy_process_group()
