@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from convertsnn.convert import convert
+from convertsnn.errors import ConvertSNNError
 from convertsnn.layers import Normalize
 from convertsnn.models import create_model
 from convertsnn.snn.pooling import SpikingMaxPool2d
@@ -164,3 +165,8 @@ def test_wide_resnet_matches_robustbench_keys_and_outputs():
     assert set(create_model("wrn28_10").state_dict()) == set(
         WideResNet(depth=28, widen_factor=10).state_dict()
     )
+
+
+def test_vgg_input_size_must_fit_its_pools():
+    with pytest.raises(ConvertSNNError, match="input_size must be a multiple of 32, got 48"):
+        create_model("vgg11_bn", input_size=48)
