@@ -17,7 +17,9 @@ T <= --long-after (16) uses all --test-images (1,000); larger T, whose cost grow
 first --long-images (200) of them, next to the ANN's accuracy on those. Calibration uses the first
 --calib-images lossless *training* images; QCFS finetunes on the first --finetune-images of the
 --finetune-data training split (default: the 4,000 lossless training images; the 50,000 JPEG
-training images of cifar10_jpeg.npz for a longer run). No test image is seen before evaluation. Rows are saved as they finish and
+training images of cifar10_jpeg.npz for a longer run). ``distill:T=t,epochs=e,lr=l:BASE`` rows
+take BASE's SNN for T = t and finetune it at t on the same images (``convertsnn finetune
+--objective natural --regularizer distill``, Adam), then read it at every T. No test image is seen before evaluation. Rows are saved as they finish and
 converted SNNs cached in --cache-dir; a rerun with the same settings skips finished rows.
 
     OMP_NUM_THREADS=2 python benchmarks/fidelity_cifar10.py --data-dir ../shared/data \
@@ -45,8 +47,10 @@ from tqdm.auto import tqdm
 from convertsnn.convert import convert, prepare_ann
 from convertsnn.convert.calibration import get_calibration
 from convertsnn.convert.calibration.qcfs import QCFSActivation
+from convertsnn.convert.calibration.registry import parse_options
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
+from convertsnn.finetune import finetune as finetune_snn
 from convertsnn.importers import Preprocessing, load_ann
 from convertsnn.models.cifar_resnet import PadShortcut
 from convertsnn.snn.neurons import IFNeuron
@@ -65,6 +69,7 @@ MODELS = {
 }
 # Rows in the order they run (the most telling first, so a cut-short run still answers them).
 LOSSLESS = "cifar10_lossless_subset.npz"
+FULL_TRAIN = "fidelity_cifar10_full_train"  # results of the runs on all 50,000 training images
 ROWS = [
     "qcfs:L=4",
     "biascal:qcfs:L=4",
@@ -217,13 +222,17 @@ def run_model(name: str, args, result: dict, save) -> None:
     print(f"{name}: ANN {100 * entry['ann_accuracy']:.1f} %", flush=True)
     converted: dict[str, object] = {}
 
+    finetune_setting = f"f{args.finetune_images}" + (
+        "" if args.finetune_data == LOSSLESS else f"_{Path(args.finetune_data).stem}"
+    )
+    setting = f"{name}_c{args.calib_images}_{finetune_setting}_s{args.seed}"
+
+    def cache_path(spec: str) -> Path:
+        return args.cache_dir / f"{setting}_{re.sub(r'[^A-Za-z0-9.=]+', '_', spec)}"
+
     def base_snn(spec: str):
         """The SNN converted with ``spec`` (cached on disk, so a resumed run reuses it)."""
-        finetune_setting = f"f{args.finetune_images}" + (
-            "" if args.finetune_data == LOSSLESS else f"_{Path(args.finetune_data).stem}"
-        )
-        setting = f"{name}_c{args.calib_images}_{finetune_setting}_s{args.seed}"
-        path = args.cache_dir / f"{setting}_{re.sub(r'[^A-Za-z0-9.=]+', '_', spec)}.safetensors"
+        path = cache_path(spec).with_suffix(".safetensors")
         if spec not in converted:
             if path.is_file():
                 converted[spec] = (load_snn(path), None, 0.0)
@@ -244,6 +253,8 @@ def run_model(name: str, args, result: dict, save) -> None:
         if key.startswith("spikingjelly:"):
             row = spikingjelly_row(ann, calib, tests, args, key.partition(":")[2])
             entry["spikingjelly_as_written"] = row.pop("as_written")
+        elif key.startswith("distill:"):
+            row = distilled_row(ann, key, base_snn, calib, tests, args, cache_path(key))
         elif get_calibration(key).depends_on_timesteps:
             row = per_timestep_row(ann, key, base_snn, calib, tests, args)
         else:
@@ -285,25 +296,64 @@ def sweep(run_for, args, tests: tuple[DataLoader, DataLoader], desc: str) -> dic
 
 
 def per_timestep_row(ann, spec: str, base_snn, calib: DataLoader, tests, args) -> dict:
-    """A method tuned for T, converted for each T and evaluated at that T. Bias calibration on
-    a base that does not depend on T (QCFS, percentile) corrects a copy of the base's SNN."""
-    method = get_calibration(spec)
-    row = {"calibration": str(method), "accuracy": {}, "convert_seconds": 0.0}
-    base = getattr(method, "base", None)
-    reuse_base = base is not None and not base.depends_on_timesteps
+    """A method tuned for T, converted for each T and evaluated at that T."""
+    row = {"calibration": str(get_calibration(spec)), "accuracy": {}, "convert_seconds": 0.0}
     for t in args.timesteps:
         begin = time.perf_counter()
-        if hasattr(method, "images"):
-            method.images = correction_images(t)
-        if reuse_base:
-            snn = copy.deepcopy(base_snn(spec.partition(":")[2])[0])
-            snn.timesteps = t
-            method.calibrate_biases(snn, calib, torch.device("cpu"))
-        else:
-            snn = convert(ann, calib, t, method)
+        snn = snn_for_timesteps(ann, spec, t, base_snn, calib)
         row["convert_seconds"] += time.perf_counter() - begin
         loader = tests[0] if t <= args.long_after else tests[1]
         row["accuracy"].update(prefix_accuracy(snn_steps(snn)(t), loader, [t], f"{spec} T={t}"))
+    return row
+
+
+def snn_for_timesteps(ann, spec: str, t: int, base_snn, calib: DataLoader):
+    """The SNN of ``spec`` for T = t. A method that does not depend on T is the cached base;
+    bias calibration on such a base corrects a copy of the base's SNN for t."""
+    method = get_calibration(spec)
+    if not method.depends_on_timesteps:
+        snn = copy.deepcopy(base_snn(spec)[0])
+        snn.timesteps = t
+        return snn
+    if hasattr(method, "images"):
+        method.images = correction_images(t)
+    base = getattr(method, "base", None)
+    if base is not None and not base.depends_on_timesteps:
+        snn = copy.deepcopy(base_snn(spec.partition(":")[2])[0])
+        snn.timesteps = t
+        method.calibrate_biases(snn, calib, torch.device("cpu"))
+        return snn
+    return convert(ann, calib, t, method)
+
+
+def distilled_row(ann, spec: str, base_snn, calib: DataLoader, tests, args, run_dir: Path) -> dict:
+    """``distill:T=t,epochs=e,lr=l:BASE`` (defaults T=8, epochs=2, lr=1e-4): BASE's SNN for t,
+    finetuned at t with BPTT on the --finetune-data training images (``convertsnn finetune
+    --objective natural --regularizer distill``: cross-entropy plus KL divergence to the source
+    ANN, crop-flip, Adam with cosine schedule, 2 % held out to pick the best epoch), then read
+    at every T like a T-independent method."""
+    options, _, base = spec.partition(":")[2].partition(":")
+    options = parse_options("distill", options, {"T": 8, "epochs": 2, "lr": 1e-4})
+    t = options["T"]
+    begin = time.perf_counter()
+    start_file = run_dir.with_suffix(".start.safetensors")
+    if not start_file.is_file():
+        save_snn(snn_for_timesteps(ann, base, t, base_snn, calib), start_file)
+    settings = {
+        "objective": "natural", "regularizers": ["distill"], "eps": 0.0, "optimizer": "adam",
+        "epochs": options["epochs"], "lr": options["lr"], "augment": "crop-flip",
+        "val_fraction": 0.02, "val_attack_steps": 1, "train_images": args.finetune_images,
+        "seed": args.seed,
+    }  # fmt: skip
+    result = finetune_snn(
+        model=str(start_file), data=str(args.data_dir / args.finetune_data), out_dir=str(run_dir),
+        resume=True, checkpoint_every=100, progress=False, device="cpu", **settings,
+    )  # fmt: skip
+    snn = load_snn(result.best)
+    row = {"calibration": f"{base}, then finetuned at T={t}", "finetune": settings}
+    row["convert_seconds"] = time.perf_counter() - begin
+    row["accuracy"] = sweep(snn_steps(snn), args, tests, f"{spec}")
+    row["held_out_accuracy"] = [h["val_clean_acc"] for h in result.history]
     return row
 
 
@@ -328,14 +378,22 @@ def markdown(result: dict) -> str:
         f"Data: `{result['data']['test']}` (lossless). Test: its first {config['test_images']}"
         f" test images for T <= {config['long_after']}; the first {config['long_images']} of "
         f"them for larger T (CPU time). Calibration: its first {config['calib_images']} "
-        f"training images; QCFS finetuning: the first {config['finetune_images']} training "
+        f"training images; QCFS and `distill` finetuning: the first {config['finetune_images']} training "
         f"images of `{config['finetune_data']}`; bias calibration: 256 of the calibration images (128 at T=32, 64 at T=64). "
         "Accuracy in %. convertsnn rows: IF neurons, reset by subtraction, membrane starting at "
         "theta/2, direct input coding; a method that does not depend on T is converted once and "
         "its accuracy at T=t read from the mean of its first t logits (equal to a run of t "
-        "steps); `mse` and `biascal` are tuned and converted for each T.",
+        "steps); `mse` and `biascal` are tuned and converted for each T; `distill:T=t,...:BASE` is "
+        "BASE's SNN for t, finetuned at t with BPTT against the source ANN (hybrid conversion, "
+        "see docs/conversion.md) and then read at every T.",
         "",
     ]
+    if config["finetune_data"] == LOSSLESS:
+        lines += [
+            "Rows that train on all 50,000 training images (`--finetune-data cifar10_jpeg.npz "
+            f"--finetune-images 50000`: longer QCFS, `distill`) are in `{FULL_TRAIN}.md`.",
+            "",
+        ]
     for name, entry in result["models"].items():
         ann = 100 * entry["ann_accuracy"]
         ann_long = 100 * entry["ann_accuracy_long_images"]
@@ -354,6 +412,17 @@ def markdown(result: dict) -> str:
                     f"{100 * row['qcfs_ann_accuracy']:.1f} %, with ReLU "
                     f"{100 * row['relu_ann_accuracy']:.1f} %; distillation loss per epoch "
                     + ", ".join(f"{h['distill_loss']:.3f}" for h in row["finetune_history"])
+                )
+            if "held_out_accuracy" in row:
+                settings = row["finetune"]
+                extra.append(
+                    f"- `{spec}`: {row['calibration']} for {settings['epochs']} epoch(s) on "
+                    f"{settings['train_images']} training images ({settings['optimizer']}, lr "
+                    f"{settings['lr']:g}, "
+                    "cross-entropy + KL divergence to the source ANN, crop-flip); held-out clean "
+                    "accuracy per epoch "
+                    + ", ".join(f"{100 * a:.1f}" for a in row["held_out_accuracy"])
+                    + f" %; {row['convert_seconds']:.0f} s in all"
                 )
         if "spikingjelly_as_written" in entry:
             extra.append(
@@ -405,7 +474,8 @@ def main() -> None:
         "--rows",
         nargs="*",
         default=ROWS,
-        help="calibration specs, biascal:BASE (bias calibration on BASE's SNN, per T) and "
+        help="calibration specs, biascal:BASE (bias calibration on BASE's SNN, per T), "
+        "distill:T=t,epochs=e,lr=l:BASE (BASE's SNN for t finetuned against the source ANN) and "
         "spikingjelly:MODE (Max or 99.9%%), in the order to run",
     )
     parser.add_argument("--timesteps", default="2,4,8,16,32,64")
@@ -414,7 +484,9 @@ def main() -> None:
     parser.add_argument("--long-images", type=int, default=200)
     parser.add_argument("--calib-images", type=int, default=512)
     parser.add_argument("--finetune-images", type=int, default=4000)
-    parser.add_argument("--finetune-data", default=LOSSLESS, help="npz in --data-dir for QCFS")
+    parser.add_argument(
+        "--finetune-data", default=LOSSLESS, help="npz in --data-dir for QCFS and distill rows"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/convertsnn_fidelity"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/fidelity_cifar10")

@@ -12,6 +12,7 @@ from convertsnn.convert.calibration.bias_correction import channel_mean
 from convertsnn.convert.calibration.mse import best_threshold
 from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.errors import ConvertSNNError
+from convertsnn.objectives.distill import frozen_source_ann
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.models import create_model
 from convertsnn.snn.neurons import IFNeuron
@@ -170,6 +171,23 @@ def test_bias_calibration_reduces_the_layer_errors(data):
     with torch.no_grad():
         logits = model(data)
         assert (fixed(data) - logits).abs().mean() < (base(data) - logits).abs().mean()
+
+
+def test_bias_corrections_are_recorded_and_the_distillation_teacher_undoes_them(data):
+    torch.manual_seed(0)
+    model = trained_batchnorm(small_cnn(), data)
+    base = convert(model, loader(data), timesteps=3, calibration="percentile:99.9")
+    fixed = convert(model, loader(data), timesteps=3, calibration="biascal:percentile:99.9")
+    corrections = fixed.metadata["bias_corrections"]
+    assert corrections and "bias_corrections" not in base.metadata
+    for name, shift in corrections.items():
+        moved = fixed.body.get_submodule(name).bias - base.body.get_submodule(name).bias
+        assert torch.allclose(moved, torch.tensor(shift), atol=1e-6)
+    with torch.no_grad():
+        teacher = frozen_source_ann(fixed)(data)
+        assert torch.allclose(teacher, model(data), atol=1e-4)
+        with fixed.gradient("ann"):
+            assert not torch.allclose(fixed(data), model(data), atol=1e-4)
 
 
 def test_bnstats_needs_no_data_and_matches_the_activation_scale(data):

@@ -178,6 +178,22 @@ def test_distill_is_the_kl_to_the_frozen_source_ann(tmp_path):
         get_regularizer("distill").setup(tiny_ann())
 
 
+def test_distill_after_natural_reuses_the_training_logits(tmp_path):
+    data = separable_npz(tmp_path / "data.npz")
+    snn = load_snn(tiny_snn_file(tmp_path / "snn.safetensors", data))
+    x, y = torch.rand(6, 3, 6, 6), torch.randint(0, 3, (6,))
+    term = get_regularizer("distill")
+    term.setup(snn)
+    calls = []
+    snn.register_forward_hook(lambda *_: calls.append(1))
+    out = get_objective("natural", eps=0)(snn, x, y)
+    value = term(snn, x, y, out)
+    assert len(calls) == 1  # one student pass for the loss and the distillation term
+    assert out.train_logits.requires_grad and torch.equal(out.clean_logits, out.train_logits)
+    expected = term(snn, x, y, output_for(x))  # without reusable logits: its own forward pass
+    assert len(calls) == 2 and value.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_weight_projection_is_the_parseval_step():
     torch.manual_seed(6)
     conv, linear, frozen = nn.Conv2d(2, 3, 3), nn.Linear(4, 5), nn.Linear(3, 3)

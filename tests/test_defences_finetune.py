@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from convertsnn.snn.dlif import DLIFNeuron
 from convertsnn.snn.serialize import load_snn
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.finetune_helpers import separable_npz, tiny_snn_file
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,23 @@ def test_noise_training_with_distillation_keeps_the_encoder(files, tmp_path):
                     "--objective", "natural", "--encoder", "gaussian:0.05",
                     "--regularizer", "distill:1", "--log-every", "1", "--resume")  # fmt: skip
     assert again.exit_code == 0, again.output
+
+
+def test_low_latency_distillation_recipe_runs_and_fits_the_source_ann(files, tmp_path):
+    snn_path, data = files
+    run = tmp_path / "distill"
+    result = run_cli("finetune", snn_path, "--data", data, "--out-dir", run,
+                     "--config", RECIPES / "distill_low_latency.yaml", "--epochs", "4",
+                     "--batch-size", "8", "--val-fraction", "0.25", "--lr", "0.01",
+                     "--device", "cpu", "--no-progress", "--log-every", "0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert len(epochs) == 4 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    # eps 0: the held-out "robust" accuracy that picks the best epoch is the clean accuracy
+    assert all(r["val_robust_acc"] == r["val_clean_acc"] for r in epochs)
+    config = load_snn(run / "best.safetensors").metadata["finetune"]["config"]
+    assert (config["objective"], config["regularizers"], config["eps"]) == ("natural", ["distill"], 0)
 
 
 def test_objectives_compose_with_a_regularizer_and_an_encoder(files, tmp_path):

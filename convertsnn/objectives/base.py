@@ -32,6 +32,8 @@ class ObjectiveOutput:
 
     ``loss`` is a scalar with gradients; ``clean_logits`` (eval mode) and ``adv_logits`` are
     detached ``[B, K]``; ``x_adv`` the detached adversarial batch; ``terms`` the loss parts.
+    ``train_logits``: the training-mode logits of the clean batch with their gradients, where
+    the loss computed them (a regulariser on them then needs no second forward pass).
     """
 
     loss: torch.Tensor
@@ -39,6 +41,7 @@ class ObjectiveOutput:
     adv_logits: torch.Tensor
     x_adv: torch.Tensor
     terms: dict[str, float] = field(default_factory=dict)
+    train_logits: torch.Tensor | None = None
 
 
 def plain_module(model: nn.Module) -> nn.Module:

@@ -4,7 +4,7 @@ Randomised smoothing coding costs clean accuracy; RSC recovers part of it by dis
 pretrained ANN into the noise-coded SNN. The teacher here is the source-ANN view of the SNN
 being finetuned, frozen when finetuning starts: the same weights with ReLU, one step, the
 direct (noise-free) encoder, i.e. the source ANN with BatchNorm folded
-(``SpikingNetwork.gradient("ann")``). The term is Hinton et al.'s (2015) distillation loss at
+(``SpikingNetwork.gradient("ann")``), with any bias calibration undone. The term is Hinton et al.'s (2015) distillation loss at
 temperature 1::
 
     D = mean_B KL(softmax(ANN(x)) || softmax(SNN(x)))
@@ -28,8 +28,12 @@ from convertsnn.snn.network import SpikingNetwork
 
 
 def frozen_source_ann(snn: SpikingNetwork) -> SpikingNetwork:
-    """A frozen copy of ``snn`` in the ``ann`` gradient mode with the direct encoder."""
+    """A frozen copy of ``snn`` in the ``ann`` gradient mode with the direct encoder, less the
+    bias corrections of bias calibration (which compensate spiking errors an ANN does not have)."""
     teacher = copy.deepcopy(snn)
+    for name, shift in snn.metadata.get("bias_corrections", {}).items():
+        bias = teacher.body.get_submodule(name).bias
+        bias.data -= torch.tensor(shift, dtype=bias.dtype, device=bias.device)
     teacher.encoder = DirectEncoder()
     teacher.set_gradient("ann")
     teacher.eval()
@@ -65,4 +69,5 @@ class SourceDistillation(Regularizer):
             self.setup(model)
         with torch.no_grad():
             target = self.teacher(x)
-        return kl_divergence(target, model(x)).mean()
+        logits = out.train_logits if out.train_logits is not None else model(x)
+        return kl_divergence(target, logits).mean()

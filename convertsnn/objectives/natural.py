@@ -24,8 +24,8 @@ class Natural(Objective):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         loss, logits, terms = self.loss(model, x, x, y)
-        logits = logits.detach()
-        return ObjectiveOutput(loss, logits, logits, x, terms)
+        detached = logits.detach()
+        return ObjectiveOutput(loss, detached, detached, x, terms, train_logits=logits)
 
     def attack(self, model, x, y, clean_logits):
         return x

@@ -103,6 +103,8 @@ class BiasCalibration(CalibrationMethod):
         images = calibration_images(loader, self.images)
         targets = ann_targets(snn, images, device)
         nodes = {n.target: n for n in snn.body.graph.nodes if n.op == "call_module"}
+        owner_names = {id(module): name for name, module in snn.body.named_modules()}
+        corrections = snn.metadata.setdefault("bias_corrections", {})
         skipped = []
 
         def correct(name: str, neuron: IFNeuron, current: torch.Tensor) -> torch.Tensor:
@@ -117,6 +119,8 @@ class BiasCalibration(CalibrationMethod):
                 shift += targets[name] - channel_mean(out)
                 out = neuron(current + shift.view(shape))
             owner.bias.data += shift.to(owner.bias.dtype)
+            key = owner_names[id(owner)]
+            corrections[key] = (torch.tensor(corrections.get(key, 0.0)) + shift.cpu()).tolist()
             return out
 
         run_layer_by_layer(snn, images, snn.timesteps, correct, device, desc="bias calibration")
