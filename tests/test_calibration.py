@@ -12,9 +12,9 @@ from convertsnn.convert.calibration.bias_correction import channel_mean
 from convertsnn.convert.calibration.mse import best_threshold
 from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.errors import ConvertSNNError
-from convertsnn.objectives.distill import frozen_source_ann
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.models import create_model
+from convertsnn.objectives.distill import frozen_source_ann
 from convertsnn.snn.neurons import IFNeuron
 from tests.conftest import write_npz
 

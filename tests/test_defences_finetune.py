@@ -79,7 +79,11 @@ def test_low_latency_distillation_recipe_runs_and_fits_the_source_ann(files, tmp
     # eps 0: the held-out "robust" accuracy that picks the best epoch is the clean accuracy
     assert all(r["val_robust_acc"] == r["val_clean_acc"] for r in epochs)
     config = load_snn(run / "best.safetensors").metadata["finetune"]["config"]
-    assert (config["objective"], config["regularizers"], config["eps"]) == ("natural", ["distill"], 0)
+    assert (config["objective"], config["regularizers"], config["eps"]) == (
+        "natural",
+        ["distill"],
+        0,
+    )
 
 
 def test_objectives_compose_with_a_regularizer_and_an_encoder(files, tmp_path):
