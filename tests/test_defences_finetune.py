@@ -73,6 +73,7 @@ def test_low_latency_distillation_recipe_runs_and_fits_the_source_ann(files, tmp
                      "--batch-size", "8", "--val-fraction", "0.25", "--lr", "0.01",
                      "--device", "cpu", "--no-progress", "--log-every", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "held-out clean" not in result.output  # --no-progress: no bars, held-out ones too
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
     assert len(epochs) == 4 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]

@@ -50,6 +50,7 @@ def quick(files, out_dir, **settings):
         (["--val-fraction", "1"], "val_fraction must be in [0, 1), got 1.0"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
         (["--surrogate", "wobble"], "unknown surrogate 'wobble'"),
+        (["--objective", "natural", "--regularizer", "mppd"], "natural training has none"),
     ],
 )
 def test_bad_settings_give_one_line_errors(files, tmp_path, flags, message):

@@ -47,12 +47,18 @@ def eps_key(eps: float) -> str:
     return f"{eps:.6g}"
 
 
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "") -> float:
+def accuracy(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "",
+    progress: bool = True,
+) -> float:
     """Top-1 accuracy of ``model`` on ``loader`` (no gradients)."""
     correct = total = 0
     model.eval()
     with torch.no_grad():
-        for x, y in tqdm(loader, desc=desc or "clean", leave=False):
+        for x, y in tqdm(loader, desc=desc or "clean", leave=False, disable=not progress):
             x, y = x.to(device), y.to(device)
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
@@ -60,11 +66,16 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
 
 
 def robust_accuracy(
-    model: nn.Module, attack: Attack, loader: DataLoader, device: torch.device, desc: str = ""
+    model: nn.Module,
+    attack: Attack,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "",
+    progress: bool = True,
 ) -> float:
     """Accuracy on adversarial examples; samples misclassified when clean count as broken."""
     correct = total = 0
-    for x, y in tqdm(loader, desc=desc or attack.name, leave=False):
+    for x, y in tqdm(loader, desc=desc or attack.name, leave=False, disable=not progress):
         x, y = x.to(device), y.to(device)
         clean_ok = attack.predict(x) == y
         x_adv = x.clone()

@@ -86,7 +86,12 @@ class RunConfig:
         _at_least("val_attack_steps", self.val_attack_steps, 1)
         self.build_objective()
         for spec in self.regularizers:
-            get_regularizer(spec)
+            if get_regularizer(spec).name == "mppd" and self.objective == "natural":
+                raise ConvertSNNError(
+                    "the mppd regularizer measures how far the objective's adversarial images "
+                    "move the membrane potentials; natural training has none (it would be 0): "
+                    "use an adversarial objective"
+                )
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _choice("optimizer", self.optimizer, OPTIMIZERS)

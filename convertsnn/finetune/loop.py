@@ -328,9 +328,10 @@ def _validate(
     shard = ImageDataset(*(t[ctx.shard(len(val_set))] for t in (val_set.images, val_set.labels)))
     loader = DataLoader(shard, batch_size=config.batch_size)
     n = len(shard)
-    clean = accuracy(model, loader, ctx.device, "held-out clean") * n
+    bars = config.progress and ctx.is_main
+    clean = accuracy(model, loader, ctx.device, "held-out clean", bars) * n
     attack = PGD(model, eps, steps=config.val_attack_steps)
-    robust = robust_accuracy(model, attack, loader, ctx.device, "held-out pgd") * n
+    robust = robust_accuracy(model, attack, loader, ctx.device, "held-out pgd", bars) * n
     clean, robust, total = ctx.sum([round(clean), round(robust), n])
     return {"val_clean_acc": clean / total, "val_robust_acc": robust / total}
 
