@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from convertsnn.cli import main
+from convertsnn.cli import _Group, main
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.models import create_model, register_model
 from tests.conftest import write_npz
@@ -137,3 +137,15 @@ def test_bad_evaluate_options(runner, ann_file, data, tmp_path):
     result = runner.invoke(main, ["evaluate", str(out), "--data", str(data), "--attack", "pgd",
                                   "--eps", "eight"])  # fmt: skip
     assert_clean_error(result, "is not a number")
+
+
+def test_a_closed_pipe_stops_quietly(runner):
+    """`convertsnn ... | head`: the reader going away is no internal error."""
+    group = _Group()
+
+    @group.command()
+    def talk() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    result = runner.invoke(group, ["talk"])
+    assert result.exit_code == 1 and result.output == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -22,6 +23,12 @@ class _Group(click.Group):
             raise
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except BrokenPipeError:  # the reader went away (`convertsnn ... | head`): stop quietly
+            try:  # and keep the flush at exit from failing again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            raise click.exceptions.Exit(1) from None
         except Exception as err:
             if os.environ.get("CONVERTSNN_DEBUG"):
                 raise
