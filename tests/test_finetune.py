@@ -16,7 +16,7 @@ from convertsnn.finetune.surrogate import threshold_relative
 from convertsnn.importers import load_ann
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.neurons import IFNeuron
-from convertsnn.snn.serialize import load_snn
+from convertsnn.snn.serialize import load_snn, save_snn
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.conftest import write_npz
 from tests.finetune_helpers import separable_npz, tiny_snn_file
@@ -132,6 +132,18 @@ def test_finetune_writes_snn_files_logs_and_history(files, tmp_path):
         "--device", "cpu",
     )  # fmt: skip
     assert changed.exit_code == 1 and "cannot resume" in changed.output
+
+
+def test_finetuned_files_drop_the_bias_calibration_record(files, tmp_path):
+    snn_file, data = files
+    snn = load_snn(snn_file)
+    conv = next(n for n, m in snn.body.named_modules() if isinstance(m, nn.Conv2d))
+    width = snn.body.get_submodule(conv).out_channels
+    snn.metadata["bias_corrections"] = {conv: [0.0] * width}
+    start = tmp_path / "biascal.safetensors"
+    save_snn(snn, start)
+    result = quick((start, data), tmp_path / "run")
+    assert "bias_corrections" not in load_snn(result.best).metadata
 
 
 @pytest.mark.parametrize("which", ["thresholds", "weights"])

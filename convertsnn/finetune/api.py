@@ -63,6 +63,9 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
         def save(path: Path, info: dict) -> None:
             info = {**info, "model": Path(config.model).name}
             snn.metadata["finetune"] = {**info, "previous": previous} if previous else info
+            # the biases now hold more than bias calibration's shifts: the record no longer
+            # leads back to an ANN (the next run's teacher is this model's ANN view)
+            snn.metadata.pop("bias_corrections", None)
             save_snn(snn, path)
 
         task = TrainingTask(snn, select_parameters(snn, config.train), save)
