@@ -232,7 +232,8 @@ def run_model(name: str, args, result: dict, save) -> None:
 
     def base_snn(spec: str):
         """The SNN converted with ``spec`` (cached on disk, so a resumed run reuses it)."""
-        path = cache_path(spec).with_suffix(".safetensors")
+        path = cache_path(spec)
+        path = path.with_name(path.name + ".safetensors")  # not with_suffix: specs hold dots
         if spec not in converted:
             if path.is_file():
                 converted[spec] = (load_snn(path), None, 0.0)
@@ -254,7 +255,7 @@ def run_model(name: str, args, result: dict, save) -> None:
             row = spikingjelly_row(ann, calib, tests, args, key.partition(":")[2])
             entry["spikingjelly_as_written"] = row.pop("as_written")
         elif key.startswith("distill:"):
-            row = distilled_row(ann, key, base_snn, calib, tests, args, cache_path(key))
+            row = distilled_row(ann, key, base_snn, calib, tests, args, cache_path)
         elif get_calibration(key).depends_on_timesteps:
             row = per_timestep_row(ann, key, base_snn, calib, tests, args)
         else:
@@ -326,35 +327,55 @@ def snn_for_timesteps(ann, spec: str, t: int, base_snn, calib: DataLoader):
     return convert(ann, calib, t, method)
 
 
-def distilled_row(ann, spec: str, base_snn, calib: DataLoader, tests, args, run_dir: Path) -> dict:
-    """``distill:T=t,epochs=e,lr=l:BASE`` (defaults T=8, epochs=2, lr=1e-4): BASE's SNN for t,
-    finetuned at t with BPTT on the --finetune-data training images (``convertsnn finetune
-    --objective natural --regularizer distill``: cross-entropy plus KL divergence to the source
-    ANN, crop-flip, Adam with cosine schedule, 2 % held out to pick the best epoch), then read
-    at every T like a T-independent method."""
-    options, _, base = spec.partition(":")[2].partition(":")
-    options = parse_options("distill", options, {"T": 8, "epochs": 2, "lr": 1e-4})
-    t = options["T"]
+def distilled_row(ann, spec: str, base_snn, calib: DataLoader, tests, args, cache_path) -> dict:
+    """``distill:T=t,epochs=e,lr=l:BASE`` (defaults T=8, epochs=2, lr=3e-4 as in
+    recipes/distill_low_latency.yaml): BASE's SNN for t, finetuned at t with BPTT on the
+    --finetune-data training images (``convertsnn finetune --objective natural --regularizer
+    distill``: cross-entropy plus KL divergence to the source ANN, crop-flip, Adam with cosine
+    schedule, 2 % held out to pick the best epoch), then read at every T like a T-independent
+    method. BASE may itself be a ``distill:`` spec (a
+    curriculum, e.g. T=8 then T=4); the teacher stays the source ANN of the first conversion."""
     begin = time.perf_counter()
-    start_file = run_dir.with_suffix(".start.safetensors")
-    if not start_file.is_file():
-        save_snn(snn_for_timesteps(ann, base, t, base_snn, calib), start_file)
+    result, settings, _ = distill_run(ann, spec, base_snn, calib, args, cache_path)
+    snn = load_snn(result.best)
+    base = spec.partition(":")[2].partition(":")[2]
+    row = {"calibration": f"{base}, then finetuned at T={snn.timesteps}", "finetune": settings}
+    row["convert_seconds"] = time.perf_counter() - begin
+    row["accuracy"] = sweep(snn_steps(snn), args, tests, f"{spec}")
+    row["held_out_accuracy"] = [h["val_clean_acc"] for h in result.history]
+    return row
+
+
+def distill_run(ann, spec: str, base_snn, calib: DataLoader, args, cache_path):
+    """Run (or resume, from its directory in the cache) the finetuning of a ``distill:`` spec;
+    returns its FitResult, its settings and the converted file the chain started from."""
+    options, _, base = spec.partition(":")[2].partition(":")
+    options = parse_options("distill", options, {"T": 8, "epochs": 2, "lr": 3e-4})
+    t = options["T"]
+    run_dir = cache_path(spec)
+    start_file = run_dir.with_name(run_dir.name + ".start.safetensors")
     settings = {
         "objective": "natural", "regularizers": ["distill"], "eps": 0.0, "optimizer": "adam",
         "epochs": options["epochs"], "lr": options["lr"], "augment": "crop-flip",
         "val_fraction": 0.02, "val_attack_steps": 1, "train_images": args.finetune_images,
         "seed": args.seed,
     }  # fmt: skip
+    if base.startswith("distill:"):
+        earlier, _, converted = distill_run(ann, base, base_snn, calib, args, cache_path)
+        settings["teacher"] = str(converted)
+        if not start_file.is_file():
+            snn = load_snn(earlier.best)
+            snn.timesteps = t
+            save_snn(snn, start_file)
+    else:
+        converted = start_file
+        if not start_file.is_file():
+            save_snn(snn_for_timesteps(ann, base, t, base_snn, calib), start_file)
     result = finetune_snn(
         model=str(start_file), data=str(args.data_dir / args.finetune_data), out_dir=str(run_dir),
         resume=True, checkpoint_every=100, progress=False, device="cpu", **settings,
     )  # fmt: skip
-    snn = load_snn(result.best)
-    row = {"calibration": f"{base}, then finetuned at T={t}", "finetune": settings}
-    row["convert_seconds"] = time.perf_counter() - begin
-    row["accuracy"] = sweep(snn_steps(snn), args, tests, f"{spec}")
-    row["held_out_accuracy"] = [h["val_clean_acc"] for h in result.history]
-    return row
+    return result, settings, converted
 
 
 def correction_images(timesteps: int) -> int:

@@ -50,6 +50,16 @@ def test_help_lists_the_commands(runner):
         assert name in result.output
 
 
+def test_train_help_lists_only_the_regularizers_an_ann_can_take(runner):
+    lines = {}
+    for command in ("train", "finetune"):
+        result = runner.invoke(main, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        lines[command] = next(x for x in result.output.splitlines() if "--regularizer TEXT" in x)
+    assert lines["train"].rstrip().endswith("(repeatable): sparsity.")
+    assert lines["finetune"].rstrip().endswith("(repeatable): distill, mppd, sparsity.")
+
+
 def test_convert_then_evaluate(runner, ann_file, data, tmp_path):
     out = tmp_path / "snn.safetensors"
     result = runner.invoke(main, ["convert", str(ann_file), "--calib", str(data), "-T", "4",

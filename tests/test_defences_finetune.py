@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from convertsnn.finetune import FinetuneConfig
+from convertsnn.objectives import distill
+from convertsnn.objectives.distill import frozen_source_ann
 from convertsnn.snn.dlif import DLIFNeuron
-from convertsnn.snn.serialize import load_snn
+from convertsnn.snn.serialize import load_snn, save_snn
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.finetune_helpers import separable_npz, tiny_snn_file
 
@@ -85,6 +87,45 @@ def test_low_latency_distillation_recipe_runs_and_fits_the_source_ann(files, tmp
         ["distill"],
         0,
     )
+
+
+def test_a_second_distillation_run_learns_from_the_teacher_file(files, tmp_path, monkeypatch):
+    snn_path, data = files
+    first = tmp_path / "t3"
+    flags = ("--objective", "natural", "--regularizer", "distill", "--eps", "0", *COMMON)
+    result = run_cli("finetune", snn_path, "--data", data, "--out-dir", first, *flags)
+    assert result.exit_code == 0, result.output
+    teachers = []  # the networks the distill term takes its frozen source ANN from
+
+    def spy(snn):
+        teachers.append({k: v.clone() for k, v in snn.state_dict().items()})
+        return frozen_source_ann(snn)
+
+    monkeypatch.setattr(distill, "frozen_source_ann", spy)
+    second = tmp_path / "t2"
+    result = run_cli("finetune", first / "last.safetensors", "--data", data, "--out-dir", second,
+                     "-T", "2", "--teacher", snn_path, *flags)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    source, student = (load_snn(p).state_dict() for p in (snn_path, first / "last.safetensors"))
+    assert len(teachers) == 1 and teachers[0].keys() == source.keys()
+    assert all(torch.equal(teachers[0][k], source[k]) for k in source)
+    assert not all(torch.equal(teachers[0][k], student[k]) for k in student)
+    second_model = load_snn(second / "last.safetensors")
+    assert second_model.timesteps == 2
+    assert second_model.metadata["finetune"]["config"]["teacher"] == str(snn_path)
+
+
+def test_teacher_refusals(files, tmp_path):
+    snn_path, data = files
+    other = load_snn(snn_path)
+    other.metadata["num_classes"] = 4
+    save_snn(other, tmp_path / "other.safetensors")
+    base = ("finetune", snn_path, "--data", data, "--out-dir", tmp_path / "run", *COMMON)
+    result = run_cli(*base, "--teacher", snn_path)
+    assert_one_line_error(result, "a teacher is only used by the distill regularizer")
+    result = run_cli(*base, "--objective", "natural", "--regularizer", "distill",
+                     "--teacher", tmp_path / "other.safetensors")  # fmt: skip
+    assert_one_line_error(result, "with 4 classes but the model takes (3, 6, 6) with 3")
 
 
 def test_objectives_compose_with_a_regularizer_and_an_encoder(files, tmp_path):

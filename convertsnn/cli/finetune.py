@@ -36,7 +36,7 @@ _SHARED = [
     ("--alpha", "alpha", str, "Inner attack step size (objective's default if unset)."),
     ("--attack-steps", "attack_steps", int, "Inner attack steps (objective's default if unset)."),
     ("--beta", "beta", str, "Weight of the robust term (TRADES 6, MART 4, trades-rfgsm 2, rssnn rho 1)."),
-    ("--regularizer", "regularizers", str, f"Extra loss term NAME[:WEIGHT] (repeatable): {', '.join(list_regularizers())}."),
+    ("--regularizer", "regularizers", str, "Extra loss term NAME[:WEIGHT] (repeatable): {}."),
     ("--weight-projection", "weight_projection", float, "Parseval weight projection beta after each step (RSSNN AT+Reg: 5e-4; 0 = off)."),
     ("--epochs", "epochs", int, "Training epochs."),
     ("--batch-size", "batch_size", int, "Global batch size (split over torchrun processes)."),
@@ -79,6 +79,8 @@ def run_options(cls: type[RunConfig]) -> Callable:
             )
         for flag, name, kind, text in reversed(_SHARED):
             multiple = name == "regularizers"
+            if multiple:  # an ANN cannot take the terms that need a spiking network
+                text = text.format(", ".join(list_regularizers(ann=cls.command == "train")))
             command = click.option(
                 flag, name, type=kind, multiple=multiple, help=text + _default(cls, name)
             )(command)
@@ -125,6 +127,10 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.command("finetune")
 @click.argument("model", required=False)
 @click.option("--timesteps", "-T", type=int, help="Simulation steps T (default: the model's).")
+@click.option(
+    "--teacher", help="SNN file whose source ANN --regularizer distill learns from (default: "
+    "MODEL's own); e.g. the converted file, when MODEL was finetuned before.",
+)  # fmt: skip
 @click.option("--surrogate", help="Surrogate for BPTT, FAMILY[:G] (default: the model's).")
 @click.option(
     "--encoder", help="Input coding to train with and save: direct, poisson or gaussian:SIGMA "

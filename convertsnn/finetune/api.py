@@ -68,7 +68,8 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
             snn.metadata.pop("bias_corrections", None)
             save_snn(snn, path)
 
-        task = TrainingTask(snn, select_parameters(snn, config.train), save)
+        teacher = source_of(config.teacher, snn, ctx.device) if config.teacher else None
+        task = TrainingTask(snn, select_parameters(snn, config.train), save, teacher)
         relative = config.surrogate_scale == "threshold"
         with threshold_relative(snn) if relative else nullcontext():
             return fit(config, task, train_set, val_set, ctx)
@@ -103,6 +104,19 @@ def train(config: TrainConfig | dict | None = None, **settings) -> FitResult:
 
         task = TrainingTask(model, [p for p in model.parameters() if p.requires_grad], save)
         return fit(config, task, train_set, val_set, ctx)
+
+
+def source_of(path: str, snn: SpikingNetwork, device) -> SpikingNetwork:
+    """The SNN file ``path`` as a distillation teacher for ``snn`` (same input and classes)."""
+    teacher = load_snn(path, device)
+    theirs = (teacher.input_size, teacher.metadata.get("num_classes"))
+    ours = (snn.input_size, snn.metadata.get("num_classes"))
+    if theirs != ours:
+        raise ConvertSNNError(
+            f"teacher {path} takes inputs {theirs[0]} with {theirs[1]} classes but the model "
+            f"takes {ours[0]} with {ours[1]}; pass the file the model was converted as"
+        )
+    return teacher
 
 
 def select_parameters(snn: SpikingNetwork, which: str) -> list[nn.Parameter]:

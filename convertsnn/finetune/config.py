@@ -171,10 +171,12 @@ class FinetuneConfig(RunConfig):
     applies the surrogate to the threshold-normalised membrane during training (see
     :mod:`convertsnn.finetune.surrogate`), ``absolute`` to ``u - theta`` as it is; ``train``
     picks the parameters that learn: ``all`` (weights, biases and thresholds, as seed 001),
-    ``weights`` or ``thresholds``.
+    ``weights`` or ``thresholds``. ``teacher``: an SNN file whose source ANN the ``distill``
+    regularizer learns from (default: the model's own, as loaded).
     """
 
     model: str = ""
+    teacher: str | None = None
     timesteps: int | None = None
     encoder: str | None = None
     neuron: str = "keep"
@@ -200,6 +202,11 @@ class FinetuneConfig(RunConfig):
         if self.encoder is not None:
             parse_encoder(self.encoder)
         _choice("neuron", self.neuron, NEURON_CHOICES)
+        if self.teacher and all(get_regularizer(s).name != "distill" for s in self.regularizers):
+            raise ConvertSNNError(
+                "a teacher is only used by the distill regularizer; add --regularizer distill "
+                "or drop --teacher"
+            )
         super().validate()
 
 

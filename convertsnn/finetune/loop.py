@@ -53,13 +53,15 @@ SaveModel = Callable[[Path, dict], None]
 class TrainingTask:
     """What differs between finetuning an SNN and training an ANN.
 
-    ``model`` is the plain module on the run's device, ``parameters`` the ones that learn, and
-    ``save`` writes the model file (SNN or ANN format) with the training facts.
+    ``model`` is the plain module on the run's device, ``parameters`` the ones that learn,
+    ``save`` writes the model file (SNN or ANN format) with the training facts, and ``teacher``
+    is the network the distill regularizer learns from (None: the model as loaded).
     """
 
     model: nn.Module
     parameters: list[nn.Parameter]
     save: SaveModel
+    teacher: nn.Module | None = None
 
 
 @dataclass
@@ -126,7 +128,7 @@ class _Run:
         self.objective = config.build_objective()
         self.regularizers = [get_regularizer(spec) for spec in config.regularizers]
         for regularizer in self.regularizers:
-            regularizer.setup(task.model)
+            regularizer.setup(task.model, task.teacher)
         self.local_batch = config.batch_size // ctx.world_size
         self.steps_per_epoch = math.ceil(
             math.ceil(len(train_set) / ctx.world_size) / self.local_batch

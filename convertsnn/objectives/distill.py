@@ -4,7 +4,9 @@ Randomised smoothing coding costs clean accuracy; RSC recovers part of it by dis
 pretrained ANN into the noise-coded SNN. The teacher here is the source-ANN view of the SNN
 being finetuned, frozen when finetuning starts: the same weights with ReLU, one step, the
 direct (noise-free) encoder, i.e. the source ANN with BatchNorm folded
-(``SpikingNetwork.gradient("ann")``), with any bias calibration undone. The term is Hinton et al.'s (2015) distillation loss at
+(``SpikingNetwork.gradient("ann")``), with any bias calibration undone. A second finetuning
+run (e.g. at a lower T after one at T = 8) names the converted file as ``teacher`` to keep
+distilling the original ANN rather than the finetuned weights' ANN view. The term is Hinton et al.'s (2015) distillation loss at
 temperature 1::
 
     D = mean_B KL(softmax(ANN(x)) || softmax(SNN(x)))
@@ -48,19 +50,20 @@ class SourceDistillation(Regularizer):
 
     name = "distill"
     default_weight = 1.0
+    needs_spiking_network = True
 
     def __init__(self, weight: float | None = None) -> None:
         super().__init__(weight)
         self.teacher: SpikingNetwork | None = None
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
         snn = plain_module(model)
         if not isinstance(snn, SpikingNetwork):
             raise ConvertSNNError(
                 "the distill regularizer distils a source ANN into a spiking network; "
                 "use it with `convertsnn finetune`"
             )
-        self.teacher = frozen_source_ann(snn)
+        self.teacher = frozen_source_ann(snn if teacher is None else teacher)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput

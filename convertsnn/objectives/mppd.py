@@ -110,8 +110,9 @@ class MembranePerturbation(Regularizer):
 
     name = "mppd"
     default_weight = 1.0
+    needs_spiking_network = True
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
         """Refuse a model without spiking neurons before training starts."""
         last_spiking_layer(model)
 

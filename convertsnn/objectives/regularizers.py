@@ -32,6 +32,7 @@ class Regularizer:
 
     name: ClassVar[str] = ""
     default_weight: ClassVar[float] = 1.0
+    needs_spiking_network: ClassVar[bool] = False
 
     def __init__(self, weight: float | None = None) -> None:
         weight = self.default_weight if weight is None else float(weight)
@@ -39,9 +40,10 @@ class Regularizer:
             raise ConvertSNNError(f"regularizer '{self.name}' needs a weight >= 0, got {weight}")
         self.weight = weight
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
         """Called once with the model as loaded, before training (and before a checkpoint is
-        restored); e.g. to keep a frozen copy of it. Nothing by default."""
+        restored); e.g. to keep a frozen copy of it. ``teacher`` is the network a distillation
+        term learns from when it is not the model itself. Nothing by default."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput
@@ -60,9 +62,9 @@ def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     return cls
 
 
-def list_regularizers() -> list[str]:
-    """Names of the registered regularizers, sorted."""
-    return sorted(_REGULARIZERS)
+def list_regularizers(ann: bool = False) -> list[str]:
+    """Names of the registered regularizers, sorted (``ann``: only those an ANN can train with)."""
+    return sorted(n for n, c in _REGULARIZERS.items() if not (ann and c.needs_spiking_network))
 
 
 def get_regularizer(spec: str) -> Regularizer:
