@@ -73,6 +73,13 @@ def _model(name: str) -> nn.Module:
         "preact_resnet18": lambda: create_model("preact_resnet18", width=8, bn_before_fc=True),
         "wide_resnet_10_2": lambda: create_model("wide_resnet", depth=10, widen_factor=2),
         "densenet": lambda: create_model("densenet_cifar", growth=4, blocks=(2, 2, 2)),
+        "torchvision_densenet": lambda: torchvision.models.DenseNet(
+            growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=10
+        ),
+        # timm's DenseNet: fused BatchNormAct2d layers (split before tracing)
+        "timm_densenet": lambda: timm.models.densenet.DenseNet(
+            growth_rate=4, block_config=(2, 2), num_classes=10, bn_size=2
+        ),
         "assorted": Assorted,
     }
     return builders[name]()
@@ -80,7 +87,8 @@ def _model(name: str) -> nn.Module:
 
 # ImageNet-style ResNets downsample 32x: 16x16 inputs keep them cheap (layer4 sees 1x1).
 INPUT_SIZE = {name: 16 for name in ("torchvision_resnet18", "torchvision_resnet34")}
-INPUT_SIZE |= {name: 16 for name in ("timm_resnet18", "timm_resnet34")}
+INPUT_SIZE |= {name: 16 for name in ("timm_resnet18", "timm_resnet34", "timm_densenet")}
+INPUT_SIZE["torchvision_densenet"] = 16
 INPUT_SIZE["vgg11_bn_64px"] = 64  # TinyImageNet-sized VGG (2x2 features before the classifier)
 
 ARCHITECTURES = [
@@ -97,6 +105,8 @@ ARCHITECTURES = [
     "preact_resnet18",
     "wide_resnet_10_2",
     "densenet",
+    "torchvision_densenet",
+    "timm_densenet",
     "assorted",
 ]
 

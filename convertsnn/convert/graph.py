@@ -86,9 +86,32 @@ class _Tracer(fx.Tracer):
         )
 
 
+def _split_norm_act(model: nn.Module) -> None:
+    """Replace timm's fused ``BatchNormAct2d`` (BatchNorm, then its ``drop`` and ``act``
+    modules; its forward asserts on ``x.ndim``, which fx cannot trace) by the equivalent
+    ``nn.Sequential(BatchNorm2d, drop, act)``, in place."""
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, BatchNormAct2d) or not name:
+            continue
+        norm = nn.BatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine,
+            module.track_running_stats,
+        )  # fmt: skip
+        own = {k: v for k, v in module.state_dict().items() if "." not in k}
+        norm.load_state_dict(own)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Sequential(norm, module.drop, module.act))
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (a deep copy, in eval mode) into a GraphModule."""
+    """Symbolically trace ``model`` (a deep copy, in eval mode, timm's fused norm-activation
+    layers split) into a GraphModule."""
     model = copy.deepcopy(model).eval()
+    _split_norm_act(model)
     try:
         graph = _Tracer().trace(model)
     except Exception as err:
