@@ -406,7 +406,9 @@ def markdown(result: dict) -> str:
         "its accuracy at T=t read from the mean of its first t logits (equal to a run of t "
         "steps); `mse` and `biascal` are tuned and converted for each T; `distill:T=t,...:BASE` is "
         "BASE's SNN for t, finetuned at t with BPTT against the source ANN (hybrid conversion, "
-        "see docs/conversion.md) and then read at every T.",
+        "see docs/conversion.md) and then read at every T; when BASE is itself a `distill:` row "
+        "(a curriculum, e.g. T=8 then T=4) the teacher stays the first conversion's source ANN "
+        "and the row's seconds include the earlier stages that ran in the same process.",
         "",
     ]
     if config["finetune_data"] == LOSSLESS:
