@@ -242,7 +242,9 @@ def run_model(name: str, args, result: dict, save) -> None:
                 loader = finetune if method.name == "qcfs" else calib
                 start = time.perf_counter()
                 torch.manual_seed(args.seed)
-                snn = convert(ann, loader if method.needs_data else None, 8, method)
+                device = args.device if method.name == "qcfs" else "cpu"  # QCFS trains
+                snn = convert(ann, loader if method.needs_data else None, 8, method, device=device)
+                snn.cpu()
                 converted[spec] = (snn, method, time.perf_counter() - start)
                 save_snn(snn, path)
         return converted[spec]
@@ -373,7 +375,7 @@ def distill_run(ann, spec: str, base_snn, calib: DataLoader, args, cache_path):
             save_snn(snn_for_timesteps(ann, base, t, base_snn, calib), start_file)
     result = finetune_snn(
         model=str(start_file), data=str(args.data_dir / args.finetune_data), out_dir=str(run_dir),
-        resume=True, checkpoint_every=100, progress=False, device="cpu", **settings,
+        resume=True, checkpoint_every=100, progress=False, device=args.device, **settings,
     )  # fmt: skip
     return result, settings, converted
 
@@ -511,6 +513,10 @@ def main() -> None:
         "--finetune-data", default=LOSSLESS, help="npz in --data-dir for QCFS and distill rows"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cpu", help="where QCFS and distill rows train (cuda on a GPU); "
+        "calibration and evaluation run on the CPU",
+    )  # fmt: skip
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/convertsnn_fidelity"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/fidelity_cifar10")
     args = parser.parse_args()
