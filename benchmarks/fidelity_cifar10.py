@@ -19,8 +19,11 @@ first --long-images (200) of them, next to the ANN's accuracy on those. Calibrat
 --finetune-data training split (default: the 4,000 lossless training images; the 50,000 JPEG
 training images of cifar10_jpeg.npz for a longer run). ``distill:T=t,epochs=e,lr=l:BASE`` rows
 take BASE's SNN for T = t and finetune it at t on the same images (``convertsnn finetune
---objective natural --regularizer distill``, Adam), then read it at every T. No test image is seen before evaluation. Rows are saved as they finish and
-converted SNNs cached in --cache-dir; a rerun with the same settings skips finished rows.
+--objective natural --regularizer distill``, Adam), then read it at every T; BASE may be another
+``distill:`` row (a curriculum: ``distill:T=4,...:distill:T=8,...:biascal:mse``). QCFS and
+distill training run on --device (e.g. cuda), the rest on the CPU. No test image is seen before
+evaluation. Rows are saved as they finish and converted SNNs and finetuning runs cached in
+--cache-dir; a rerun with the same settings skips finished rows and resumes unfinished runs.
 
     OMP_NUM_THREADS=2 python benchmarks/fidelity_cifar10.py --data-dir ../shared/data \
         --models-dir ../shared/models
@@ -335,8 +338,8 @@ def distilled_row(ann, spec: str, base_snn, calib: DataLoader, tests, args, cach
     --finetune-data training images (``convertsnn finetune --objective natural --regularizer
     distill``: cross-entropy plus KL divergence to the source ANN, crop-flip, Adam with cosine
     schedule, 2 % held out to pick the best epoch), then read at every T like a T-independent
-    method. BASE may itself be a ``distill:`` spec (a
-    curriculum, e.g. T=8 then T=4); the teacher stays the source ANN of the first conversion."""
+    method. BASE may itself be a ``distill:`` spec (a curriculum, e.g. T=8 then T=4); the
+    teacher stays the source ANN of the first conversion."""
     begin = time.perf_counter()
     result, settings, _ = distill_run(ann, spec, base_snn, calib, args, cache_path)
     snn = load_snn(result.best)

@@ -6,8 +6,8 @@ being finetuned, frozen when finetuning starts: the same weights with ReLU, one 
 direct (noise-free) encoder, i.e. the source ANN with BatchNorm folded
 (``SpikingNetwork.gradient("ann")``), with any bias calibration undone. A second finetuning
 run (e.g. at a lower T after one at T = 8) names the converted file as ``teacher`` to keep
-distilling the original ANN rather than the finetuned weights' ANN view. The term is Hinton et al.'s (2015) distillation loss at
-temperature 1::
+distilling the original ANN rather than the finetuned weights' ANN view. The term is Hinton et
+al.'s (2015) distillation loss at temperature 1::
 
     D = mean_B KL(softmax(ANN(x)) || softmax(SNN(x)))
 
