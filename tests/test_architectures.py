@@ -80,6 +80,10 @@ def _model(name: str) -> nn.Module:
         "timm_densenet": lambda: timm.models.densenet.DenseNet(
             growth_rate=4, block_config=(2, 2), num_classes=10, bn_size=2
         ),
+        # timm's VGG: a ConvMlp head (7x7 conv) behind a shape branch (unfused before tracing)
+        "timm_vgg": lambda: timm.models.vgg.VGG(
+            [8, "M", 16, "M", 32, "M"], num_classes=10, mlp_ratio=0.0625, norm_layer=nn.BatchNorm2d
+        ),
         "assorted": Assorted,
     }
     return builders[name]()
@@ -89,6 +93,7 @@ def _model(name: str) -> nn.Module:
 INPUT_SIZE = {name: 16 for name in ("torchvision_resnet18", "torchvision_resnet34")}
 INPUT_SIZE |= {name: 16 for name in ("timm_resnet18", "timm_resnet34", "timm_densenet")}
 INPUT_SIZE["torchvision_densenet"] = 16
+INPUT_SIZE["timm_vgg"] = 56  # 7x7 features after its three pools, as ImageNet VGGs at 224
 INPUT_SIZE["vgg11_bn_64px"] = 64  # TinyImageNet-sized VGG (2x2 features before the classifier)
 
 ARCHITECTURES = [
@@ -107,6 +112,7 @@ ARCHITECTURES = [
     "densenet",
     "torchvision_densenet",
     "timm_densenet",
+    "timm_vgg",
     "assorted",
 ]
 

@@ -86,32 +86,38 @@ class _Tracer(fx.Tracer):
         )
 
 
-def _split_norm_act(model: nn.Module) -> None:
-    """Replace timm's fused ``BatchNormAct2d`` (BatchNorm, then its ``drop`` and ``act``
-    modules; its forward asserts on ``x.ndim``, which fx cannot trace) by the equivalent
-    ``nn.Sequential(BatchNorm2d, drop, act)``, in place."""
+def _unfuse_timm_blocks(model: nn.Module) -> None:
+    """Replace, in place, timm blocks whose forward fx cannot trace by equivalent plain modules:
+    ``BatchNormAct2d`` (asserts on ``x.ndim``) by ``nn.Sequential(BatchNorm2d, drop, act)``;
+    VGG's ``ConvMlp`` (enlarges feature maps below its 7x7 kernel with an adaptive pool, a branch
+    on the input shape) by ``nn.Sequential(fc1, act1, drop, fc2, act2)``, its forward for
+    feature maps of at least 7x7 (ImageNet-sized inputs)."""
     try:
         from timm.layers import BatchNormAct2d
+        from timm.models.vgg import ConvMlp
     except ImportError:  # pragma: no cover - timm is a dependency
         return
     for name, module in list(model.named_modules()):
-        if not isinstance(module, BatchNormAct2d) or not name:
+        if isinstance(module, BatchNormAct2d):
+            norm = nn.BatchNorm2d(
+                module.num_features, module.eps, module.momentum, module.affine,
+                module.track_running_stats,
+            )  # fmt: skip
+            norm.load_state_dict({k: v for k, v in module.state_dict().items() if "." not in k})
+            plain = nn.Sequential(norm, module.drop, module.act)
+        elif isinstance(module, ConvMlp):
+            plain = nn.Sequential(module.fc1, module.act1, module.drop, module.fc2, module.act2)
+        else:
             continue
-        norm = nn.BatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine,
-            module.track_running_stats,
-        )  # fmt: skip
-        own = {k: v for k, v in module.state_dict().items() if "." not in k}
-        norm.load_state_dict(own)
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, nn.Sequential(norm, module.drop, module.act))
+        setattr(model.get_submodule(parent), child, plain)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (a deep copy, in eval mode, timm's fused norm-activation
-    layers split) into a GraphModule."""
+    """Symbolically trace ``model`` (a deep copy, in eval mode, timm blocks unfused) into a
+    GraphModule."""
     model = copy.deepcopy(model).eval()
-    _split_norm_act(model)
+    _unfuse_timm_blocks(model)
     try:
         graph = _Tracer().trace(model)
     except Exception as err:
