@@ -186,3 +186,11 @@ def test_wide_resnet_matches_robustbench_keys_and_outputs():
 def test_vgg_input_size_must_fit_its_pools():
     with pytest.raises(ConvertSNNError, match="input_size must be a multiple of 32, got 48"):
         create_model("vgg11_bn", input_size=48)
+
+
+def test_timm_vgg_below_its_head_size_is_a_one_line_error():
+    ann = _model("timm_vgg")  # 32x32 inputs give 4x4 features, below its 7x7 head
+    with pytest.raises(
+        ConvertSNNError, match=r"cannot run on calibration images of shape \(3, 32, 32\)"
+    ):
+        convert(ann, [(torch.rand(4, 3, 32, 32), torch.zeros(4))], timesteps=4, calibration="max")

@@ -93,7 +93,14 @@ def observe_activations(
     try:
         with torch.no_grad():
             for x, _ in tqdm(loader, desc=desc, leave=False):
-                ann(x.to(device))
+                try:
+                    ann(x.to(device))
+                except RuntimeError as err:  # e.g. images too small or with the wrong channels
+                    raise ConvertSNNError(
+                        f"the model cannot run on calibration images of shape "
+                        f"{tuple(x.shape[1:])} ({str(err).strip().splitlines()[0]}); pass "
+                        "images of the size and channels the model was made for"
+                    ) from None
     finally:
         for hook in hooks:
             hook.remove()
