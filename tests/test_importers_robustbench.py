@@ -122,3 +122,27 @@ def test_autoattack_alias_and_pkg_resources_shim(monkeypatch):
     install_pkg_resources_shim()
     shim = sys.modules["pkg_resources"]
     assert shim.resource_filename("robustbench", "model_zoo").endswith("robustbench/model_zoo")
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file named in ``path``."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("force_unsafe", ["0", "1"])
+def test_malicious_checkpoint_never_runs(tmp_path, monkeypatch, force_unsafe):
+    """A pickle payload in a RobustBench checkpoint is refused, even when the environment asks
+    torch for unsafe loads (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, as torch < 2.6 did by default)."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force_unsafe)
+    folder = tmp_path / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "payload_ran"
+    torch.save({"state_dict": _Payload(marker)}, folder / f"{PREACT}.pt")
+    with pytest.raises(ConvertSNNError, match="cannot be loaded safely with weights_only=True"):
+        load_ann(f"robustbench:cifar10/Linf/{PREACT}", model_dir=tmp_path)
+    assert not marker.exists()

@@ -102,3 +102,11 @@ def test_errors_are_one_line(weights, tmp_path):
     torch.save({"args": argparse.Namespace(lr=0.1)}, pickled)
     with pytest.raises(ConvertSNNError, match="weights_only=True"):
         load_ann("timm:resnet10t", weights=pickled)
+
+
+def test_timm_can_use_the_installed_huggingface_hub():
+    """timm reaches the hub (so download failures say why), not "pip install huggingface_hub":
+    pyproject's huggingface_hub range fits the timm robustbench pins."""
+    import timm.models._hub
+
+    assert timm.models._hub._has_hf_hub

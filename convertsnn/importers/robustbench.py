@@ -4,7 +4,9 @@ Loading goes through ``robustbench.utils.load_model`` so RobustBench's own archi
 in-model normalisation and its file layout are used: a checkpoint already at
 ``MODEL_DIR/DATASET/THREAT/NAME.pt`` loads offline; a missing one is downloaded by RobustBench
 (online only). RobustBench models take images in [0, 1]. Checkpoints are read by torch.load with
-torch's default ``weights_only=True`` (torch >= 2.6), so pickled code is never run.
+``weights_only=True`` passed explicitly (robustbench's own call is replaced, see
+:mod:`convertsnn._compat.robustbench`), so pickled code is never run, whatever torch's default or
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """timm models: ``timm:NAME``, with local weights (``weights=FILE``) or timm's own download.
 
-Local weights are read safely (safetensors, or torch.load with weights_only=True) and handed
+Local weights are read safely (safetensors, or torch.load with weights_only=True; timm's own
+downloads are loaded weights-only too, :mod:`convertsnn._compat.robustbench`) and handed
 to timm as a state dict, so timm's checkpoint filters still apply; the classifier size is taken
 from the file, so a fine-tuned head loads strictly instead of being dropped. Mean, std and input
 size come from timm's data config (``timm.data.resolve_data_config``) and are put inside the
@@ -13,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
+from convertsnn._compat.robustbench import TIMM_CHECKPOINT_LOADERS, force_weights_only_loads
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers.base import LoadedANN, Preprocessing, with_normalization
 from convertsnn.importers.checkpoint import read_state_dict
@@ -45,6 +47,7 @@ def load_timm(
         warnings.simplefilter("ignore", FutureWarning)
         import timm
         import timm.data
+    force_weights_only_loads(TIMM_CHECKPOINT_LOADERS)
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
