@@ -122,13 +122,13 @@ def test_images_of_the_wrong_shape(runner, ann_file, data, tmp_path):
     result = runner.invoke(main, ["evaluate", str(out), "--data", str(cifar_like)])
     assert_clean_error(result, "but the model expects (1, 28, 28)")
     result = runner.invoke(main, ["convert", str(ann_file), "--calib", str(cifar_like)])
-    assert_clean_error(result, "input")
+    assert_clean_error(result, "calibration images are (3, 32, 32) but the model expects (1, 28, 28)")
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-T", "0"], "--timesteps must be at least 1"),
+        (["-T", "0"], "--timesteps must be an integer from 1 to 4096"),
         (["--calibration", "median"], "unknown calibration"),
         (["--surrogate", "boxcar"], "unknown surrogate"),
         (["--device", "tpu"], "unknown device"),

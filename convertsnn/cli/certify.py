@@ -15,7 +15,7 @@ from convertsnn.cli.options import (
     resolve_device,
     write_json_out,
 )
-from convertsnn.data import load_dataset
+from convertsnn.data import check_dataset_fits, load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.certify import (
     Certificate,
@@ -123,10 +123,7 @@ def command(
     snn = load_snn(resolve_model_file(model_file), device)
     sigma_eff = effective_sigma(snn, extra)
     dataset = load_dataset(data, split="test", data_dir=data_dir)
-    if snn.input_size and dataset.image_size != snn.input_size:
-        raise ConvertSNNError(
-            f"images in {data} are {dataset.image_size} but the model expects {snn.input_size}"
-        )
+    check_dataset_fits(dataset, data, snn.input_size, snn.metadata.get("num_classes"))
     indices = list(range(0, len(dataset), skip))[:limit]
     x, y = (t[indices].to(device) for t in dataset.tensors())
     radius_list = (parse_number_list(radii, "--radii") if radii

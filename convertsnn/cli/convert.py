@@ -18,6 +18,7 @@ from convertsnn.convert.calibration import list_calibrations
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, load_ann, source_stem
+from convertsnn.snn.network import check_timesteps
 from convertsnn.snn.serialize import save_snn
 
 NO_DATA_CALIBRATION = "bnstats"
@@ -28,6 +29,10 @@ def _preprocessing(
 ) -> Preprocessing | None:
     if mean is None and std is None and input_size is None:
         return None
+    if (mean is None) != (std is None):
+        raise ConvertSNNError(
+            "give --mean and --std together (one value per channel each), or neither"
+        )
     return Preprocessing(
         mean=tuple(parse_number_list(mean, "--mean")) if mean else None,
         std=tuple(parse_number_list(std, "--std")) if std else None,
@@ -91,8 +96,11 @@ def command(
     SOURCE is a .onnx file, a checkpoint (.pt/.pth/.th/.safetensors, with --arch),
     timm:NAME (with --weights FILE) or robustbench:DATASET/THREAT/NAME (with --model-dir).
     """
-    if timesteps < 1:
-        raise ConvertSNNError(f"--timesteps must be at least 1, got {timesteps}")
+    check_timesteps(timesteps, "--timesteps")
+    if not 0 <= v_init <= 1:
+        raise ConvertSNNError(f"--v-init is a fraction of the threshold in [0, 1], got {v_init}")
+    if calib_images < 1:
+        raise ConvertSNNError(f"--calib-images must be at least 1, got {calib_images}")
     if batch_size < 1:
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
     device = resolve_device(device)
@@ -109,6 +117,7 @@ def command(
         ann.preprocessing.input_size = ann.preprocessing.input_size or calib.image_size
         ann.preprocessing.num_classes = ann.preprocessing.num_classes or calib.num_classes
         loader = DataLoader(calib, batch_size=batch_size)
+    ann.preprocessing.check()  # mean/std against the channels now known
     if calibration is None:
         calibration = "percentile:99.99" if loader else NO_DATA_CALIBRATION
         if not loader:

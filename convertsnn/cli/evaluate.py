@@ -15,7 +15,7 @@ from convertsnn.cli.options import (
     resolve_device,
     write_json_out,
 )
-from convertsnn.data import load_dataset
+from convertsnn.data import check_dataset_fits, load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
 from convertsnn.eval.robustness import evaluate_robustness
@@ -192,10 +192,7 @@ def command(
     snn = load_snn(resolve_model_file(model_file), device)
     ts = parse_int_list(timesteps, "--timesteps") if timesteps else [snn.timesteps]
     dataset = load_dataset(data, split="test", data_dir=data_dir, limit=limit)
-    if snn.input_size and dataset.image_size != snn.input_size:
-        raise ConvertSNNError(
-            f"images in {data} are {dataset.image_size} but the model expects {snn.input_size}"
-        )
+    check_dataset_fits(dataset, data, snn.input_size, snn.metadata.get("num_classes"))
     eps_values = parse_number_list(eps, "--eps") if evaluation else []
     if any(e < 0 for e in eps_values):
         raise ConvertSNNError(f"--eps must be >= 0, got {eps}")

@@ -26,8 +26,11 @@ def parse_number(text: str, what: str) -> float:
 
 
 def parse_number_list(text: str, what: str) -> list[float]:
-    """``"2/255,8/255"`` to floats."""
-    return [parse_number(part, what) for part in text.split(",") if part.strip()]
+    """``"2/255,8/255"`` to floats (at least one)."""
+    values = [parse_number(part, what) for part in text.split(",") if part.strip()]
+    if not values:
+        raise ConvertSNNError(f"{what} is empty; give comma-separated numbers like 2/255,8/255")
+    return values
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

@@ -7,6 +7,8 @@ SpikingJelly's ann2snn design.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
@@ -14,7 +16,7 @@ from torch.utils.data import DataLoader
 from convertsnn.convert.calibration import CalibrationMethod, get_calibration
 from convertsnn.convert.graph import activation_names, prepare_ann
 from convertsnn.errors import ConvertSNNError
-from convertsnn.snn.network import SpikingNetwork
+from convertsnn.snn.network import SpikingNetwork, check_timesteps
 from convertsnn.snn.neurons import IFNeuron
 
 NEURON_TYPES = ("if", "lif")
@@ -34,6 +36,44 @@ def replace_activations(
         ann.add_submodule(name, IFNeuron(threshold=theta, **neuron_kwargs))
     ann.recompile()
     return ann
+
+
+def check_calibration_data(calib: Iterable, input_size: list[int] | None = None) -> None:
+    """Refuse calibration data that is not re-iterable (images, labels) batches of finite
+    ``[B, C, H, W]`` images in [0, 1] (of ``input_size`` when given)."""
+    if iter(calib) is calib:
+        raise ConvertSNNError(
+            "calibration data must be re-iterable (a DataLoader or a list of batches), not an "
+            "iterator: calibration reads it more than once"
+        )
+    seen = 0
+    for batch in calib:
+        if not (isinstance(batch, (tuple, list)) and batch and torch.is_tensor(batch[0])):
+            raise ConvertSNNError(
+                "calibration data must yield (images, labels) batches, e.g. a DataLoader over "
+                f"convertsnn.data.load_dataset(...); got a batch of type {type(batch).__name__}"
+            )
+        x = batch[0]
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ConvertSNNError(
+                f"calibration images must be float [B, C, H, W] in [0, 1], got {x.dtype} of "
+                f"shape {tuple(x.shape)}"
+            )
+        if input_size and tuple(x.shape[1:]) != tuple(input_size):
+            raise ConvertSNNError(
+                f"calibration images are {tuple(x.shape[1:])} but the model expects "
+                f"{tuple(input_size)}; use images of the model's size"
+            )
+        if not torch.isfinite(x).all():
+            raise ConvertSNNError("calibration images contain NaN or infinite values")
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ConvertSNNError(
+                f"calibration images span [{x.min().item():.4g}, {x.max().item():.4g}]; the ANN "
+                "takes images in [0, 1] (divide uint8 images by 255, do not normalise them)"
+            )
+        seen += len(x)
+    if not seen:
+        raise ConvertSNNError("the calibration data is empty; pass at least one image")
 
 
 def convert(
@@ -61,6 +101,16 @@ def convert(
         device: where calibration runs; the SNN is returned on this device.
         metadata: extra facts to store with the model (source, preprocessing, ...).
     """
+    if not isinstance(ann, nn.Module):
+        raise ConvertSNNError(f"convert takes a torch.nn.Module ANN, got {type(ann).__name__}")
+    check_timesteps(timesteps)
+    if not 0 <= v_init <= 1:
+        raise ConvertSNNError(
+            f"v_init is the initial membrane potential as a fraction of the threshold and must "
+            f"be in [0, 1], got {v_init}"
+        )
+    if calib is not None:
+        check_calibration_data(calib, (metadata or {}).get("input_size"))
     if neuron not in NEURON_TYPES:
         raise ConvertSNNError(f"unknown neuron '{neuron}'; choose one of {', '.join(NEURON_TYPES)}")
     if neuron == "if":

@@ -95,7 +95,32 @@ def load_dataset(
         if limit < 1:
             raise ConvertSNNError(f"--limit must be at least 1, got {limit}")
         dataset = dataset.subset(0, limit)
+    if len(dataset) == 0:
+        raise ConvertSNNError(f"dataset '{spec}' has no images in its '{split}' split")
+    if int(dataset.labels.min()) < 0:
+        raise ConvertSNNError(
+            f"dataset '{spec}' has negative labels (down to {int(dataset.labels.min())}) in its "
+            f"'{split}' split; labels must be class indices 0..K-1"
+        )
     return dataset
+
+
+def check_dataset_fits(
+    dataset: ImageDataset,
+    spec: str,
+    input_size: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Refuse images of another size than the model's and labels it has no output for."""
+    if input_size and dataset.image_size != tuple(input_size):
+        raise ConvertSNNError(
+            f"images in {spec} are {dataset.image_size} but the model expects {tuple(input_size)}"
+        )
+    if num_classes and dataset.num_classes > num_classes:
+        raise ConvertSNNError(
+            f"{spec} has labels up to {dataset.num_classes - 1} but the model has "
+            f"{num_classes} outputs; use data of the model's task"
+        )
 
 
 def _as_nchw(images: np.ndarray, source: str) -> torch.Tensor:
@@ -143,8 +168,14 @@ def _load_npz(path: Path, split: str) -> ImageDataset:
             )
         if f"y_{split}" not in keys:
             raise ConvertSNNError(f"{path} has images but no labels 'y_{split}'")
-        labels = torch.from_numpy(archive[f"y_{split}"].astype(np.int64))
+        labels = archive[f"y_{split}"]
     tensor = _as_nchw(images, str(path))
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ConvertSNNError(
+            f"{path}: labels y_{split} must be a 1-D integer array, got {labels.dtype} "
+            f"of shape {labels.shape}"
+        )
+    labels = torch.from_numpy(labels.astype(np.int64))
     if len(tensor) != len(labels):
         raise ConvertSNNError(
             f"{path}: {len(tensor)} images but {len(labels)} labels in split '{split}'"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from convertsnn.data import check_dataset_fits
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.checkpoint import seed_everything
 from convertsnn.finetune.config import FinetuneConfig, RunConfig, TrainConfig
@@ -52,12 +53,7 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
             config.data, config.val_fraction, config.seed, config.data_dir,
             config.train_images, snn.input_size,
         )  # fmt: skip
-        classes = snn.metadata.get("num_classes")
-        if classes and train_set.num_classes > classes:
-            raise ConvertSNNError(
-                f"{config.data} has labels up to {train_set.num_classes - 1} but the model has "
-                f"{classes} outputs; use data of the model's task"
-            )
+        check_dataset_fits(train_set, config.data, num_classes=snn.metadata.get("num_classes"))
         previous = snn.metadata.get("finetune")
 
         def save(path: Path, info: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convertsnn.data import ImageDataset, load_dataset
+from convertsnn.data import ImageDataset, check_dataset_fits, load_dataset
 from convertsnn.data.datasets import split_spec
 from convertsnn.errors import ConvertSNNError
 
@@ -34,10 +34,7 @@ def load_training_data(
             "training split only (drop the ':test' suffix)"
         )
     data = load_dataset(spec, split="train", data_dir=data_dir, limit=limit)
-    if input_size and data.image_size != tuple(input_size):
-        raise ConvertSNNError(
-            f"images in {spec} are {data.image_size} but the model expects {tuple(input_size)}"
-        )
+    check_dataset_fits(data, spec, input_size)
     return holdout_split(data, val_fraction, seed)
 
 

@@ -30,6 +30,9 @@ _SYNTAX = (
 
 def parse_source(source: str) -> tuple[str, str]:
     """``(kind, reference)``: kind is onnx, checkpoint, timm, robustbench or zoo."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConvertSNNError(f"a model source is a path or a string, got {type(source).__name__}")
+    source = str(source)
     prefix, sep, rest = source.partition(":")
     if sep and prefix in PREFIXES:
         if not rest:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
+from convertsnn.errors import ConvertSNNError
 from convertsnn.layers import Normalize
 
 
@@ -21,6 +23,37 @@ class Preprocessing:
     std: tuple[float, ...] | None = None
     input_size: tuple[int, ...] | None = None
     num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a std that is not positive, and mean/std/input size of different channels."""
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and (
+                not values
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            ):
+                raise ConvertSNNError(
+                    f"{name} must be finite numbers, one per channel; got {values}"
+                )
+        if self.std is not None and min(self.std) <= 0:
+            raise ConvertSNNError(f"std must be positive for every channel, got {self.std}")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ConvertSNNError(
+                f"mean has {len(self.mean)} values but std has {len(self.std)}; give one per channel"
+            )
+        if self.input_size is not None and (len(self.input_size) != 3 or min(self.input_size) < 1):
+            raise ConvertSNNError(
+                f"input size must be C,H,W (three positive integers), got {self.input_size}"
+            )
+        given = self.mean or self.std
+        if given and self.input_size and len(given) != self.input_size[0]:
+            raise ConvertSNNError(
+                f"mean/std have {len(given)} values but the model takes {self.input_size[0]} "
+                "channels; give one value per channel"
+            )
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

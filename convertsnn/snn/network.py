@@ -27,6 +27,22 @@ from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
 from convertsnn.snn.pooling import SpikingMaxPool2d
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
+MAX_TIMESTEPS = 4096  # beyond the longest simulations in the conversion literature
+INPUT_TOLERANCE = 1e-4  # float rounding allowed outside [0, 1]
+
+
+def check_timesteps(value: int, what: str = "timesteps") -> int:
+    """``value`` as the number of simulation steps T, refused unless 1 <= T <= MAX_TIMESTEPS."""
+    try:
+        valid = not isinstance(value, bool) and int(value) == value and 1 <= value <= MAX_TIMESTEPS
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ConvertSNNError(
+            f"{what} must be an integer from 1 to {MAX_TIMESTEPS}, got {value}"
+        )
+    return int(value)
+
 
 class SpikingNetwork(nn.Module):
     """A converted SNN that runs ``timesteps`` steps and averages its logits over time.
@@ -59,9 +75,7 @@ class SpikingNetwork(nn.Module):
 
     @timesteps.setter
     def timesteps(self, value: int) -> None:
-        if int(value) != value or value < 1:
-            raise ConvertSNNError(f"timesteps must be a positive integer, got {value}")
-        self._timesteps = int(value)
+        self._timesteps = check_timesteps(value)
 
     def neurons(self) -> Iterator[IFNeuron]:
         """All spiking neurons of the body, in module order."""
@@ -73,13 +87,29 @@ class SpikingNetwork(nn.Module):
         return tuple(size) if size else None
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a one-line error if ``x`` is not a batch of images of the expected size."""
+        """Raise a one-line error if ``x`` is not a batch of images in [0, 1] of the model's size.
+
+        Values outside [0, 1] (beyond float rounding) are refused rather than run: images in
+        [0, 255] or already normalised would give confidently wrong outputs.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise ConvertSNNError(f"the SNN takes a tensor of images, got {type(x).__name__}")
         expected = self.input_size
         if expected and tuple(x.shape[1:]) != expected:
+            unbatched = " (add the batch dimension: x.unsqueeze(0))" if x.shape == expected else ""
             raise ConvertSNNError(
                 f"input of shape {tuple(x.shape)} does not match the model's input size "
-                f"[B, {', '.join(map(str, expected))}]; resize the images or use matching data"
+                f"[B, {', '.join(map(str, expected))}]{unbatched}; resize the images or use "
+                "matching data"
             )
+        if x.numel():
+            low, high = torch.aminmax(x.detach())
+            if not (low >= -INPUT_TOLERANCE and high <= 1 + INPUT_TOLERANCE):
+                raise ConvertSNNError(
+                    f"input values span [{low.item():.4g}, {high.item():.4g}] but the SNN takes "
+                    "images in [0, 1] (normalisation is inside the model); divide uint8 images "
+                    "by 255 and do not normalise them"
+                )
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at every step, ``[T, B, K]``."""

@@ -177,6 +177,10 @@ def atomic_write(path: Path, write) -> None:
 
 def save_snn(snn: SpikingNetwork, path: str | os.PathLike) -> Path:
     """Write ``snn`` to ``path`` (safetensors + JSON metadata), atomically."""
+    if not isinstance(snn, SpikingNetwork):
+        raise ConvertSNNError(
+            f"save_snn takes a SpikingNetwork (from convert or load_snn), got {type(snn).__name__}"
+        )
     if not isinstance(snn.body, fx.GraphModule):
         raise ConvertSNNError("only converted models (torch.fx graphs) can be saved")
     metadata = dict(snn.metadata)
