@@ -7,3 +7,7 @@ class ConvertSNNError(Exception):
     The message is one line that says what was wrong and what to do. The CLI prints it without a
     traceback and exits with a non-zero code.
     """
+
+
+class InputRangeWarning(UserWarning):
+    """Images outside [0, 1] reached a converted SNN (normalised inputs, or deliberate noise)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 
 from convertsnn import __version__
-from convertsnn.errors import ConvertSNNError
+from convertsnn.errors import ConvertSNNError, InputRangeWarning
 
 
 class _Group(click.Group):
@@ -29,6 +30,13 @@ class _Group(click.Group):
             except (OSError, ValueError):
                 pass
             raise click.exceptions.Exit(1) from None
+        except OSError as err:  # a file-system problem the user can fix: name the path
+            if os.environ.get("CONVERTSNN_DEBUG"):
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(
+                f"{where}{err.strerror or err}; check the path and its permissions"
+            ) from None
         except Exception as err:
             if os.environ.get("CONVERTSNN_DEBUG"):
                 raise
@@ -39,6 +47,42 @@ class _Group(click.Group):
             ) from None
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as one ``Warning: ...`` line on stderr, without source code."""
+    text = " ".join(str(message).split())
+    click.echo(f"Warning: {text[:300]}", err=True)
+
+
+def quiet_warnings() -> None:
+    """No deprecation noise from dependencies; every other warning as one line.
+
+    torch.jit's FutureWarnings come from timm and torch internals, not from what the user did.
+    :class:`InputRangeWarning` is for the Python API: the commands read images in [0, 1] and
+    add noise outside that range on purpose (randomised smoothing, noise training).
+    """
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit")
+    warnings.filterwarnings("ignore", category=InputRangeWarning)
+    warnings.showwarning = _one_line_warning
+
+
+def progress_bars_only_on_a_tty() -> None:
+    """tqdm bars only when stderr is a terminal: none in log files, pipes or CI output."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+    if getattr(original, "tty_only", False):
+        return
+
+    def __init__(self, *args, **kwargs) -> None:
+        stream = kwargs.get("file") or sys.stderr
+        if not (hasattr(stream, "isatty") and stream.isatty()):
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    __init__.tty_only = True
+    std.tqdm.__init__ = __init__
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="convertsnn")
 def main() -> None:
@@ -46,6 +90,8 @@ def main() -> None:
 
     Start with `convertsnn demo`; then `convert` an ANN, `evaluate` the SNN file it writes.
     """
+    quiet_warnings()
+    progress_bars_only_on_a_tty()
 
 
 def _register() -> None:

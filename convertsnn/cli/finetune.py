@@ -152,7 +152,7 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 )  # fmt: skip
 @run_options(FinetuneConfig)
 def command(model, recipe, json_out, **options) -> None:
-    """Adversarially finetune the SNN file MODEL (thresholds and weights, BPTT).
+    """Adversarially finetune the SNN file MODEL, or zoo:NAME (thresholds and weights, BPTT).
 
     Example: convertsnn finetune snn.safetensors --config recipes/seed001_trades_rfgsm.yaml
     --data cifar10 --out-dir runs/seed001. Multi-process: torchrun --nproc_per_node N -m

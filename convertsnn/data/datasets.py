@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,15 +138,39 @@ def _as_nchw(images: np.ndarray, source: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-def _decode_jpeg(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    from PIL import Image
+def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """Array ``key`` of an npz opened without pickle; object arrays and damage are one line."""
+    try:
+        return archive[key]
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ConvertSNNError(
+                f"{path}: array '{key}' holds Python objects, which are never unpickled; store "
+                "uint8 images and integer labels"
+            ) from None
+        raise ConvertSNNError(f"{path}: array '{key}' cannot be read ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ConvertSNNError(f"{path}: array '{key}' cannot be read ({err})") from None
 
-    return np.stack(
-        [
-            np.asarray(Image.open(io.BytesIO(data[a:b].tobytes())).convert("RGB"))
-            for a, b in itertools.pairwise(offsets)
-        ]
-    )
+
+def _decode_jpeg(data: np.ndarray, offsets: np.ndarray, path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if data.dtype != np.uint8 or data.ndim != 1 or offsets.ndim != 1 or len(offsets) < 2:
+        raise ConvertSNNError(f"{path}: JPEG bytes must be uint8 [M] with offsets [N + 1]")
+    if np.any(np.diff(offsets) <= 0) or offsets[0] < 0 or offsets[-1] > len(data):
+        raise ConvertSNNError(f"{path}: JPEG offsets must increase within the byte array")
+    try:
+        return np.stack(
+            [
+                np.asarray(Image.open(io.BytesIO(data[a:b].tobytes())).convert("RGB"))
+                for a, b in itertools.pairwise(offsets)
+            ]
+        )
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ConvertSNNError(
+            f"{path}: the JPEG images cannot be decoded ({err}); all must be RGB of one size"
+        ) from None
 
 
 def _load_npz(path: Path, split: str) -> ImageDataset:
@@ -158,9 +183,13 @@ def _load_npz(path: Path, split: str) -> ImageDataset:
         raise ConvertSNNError(f"{path} is not a readable .npz file ({err})") from None
     with archive:
         if f"x_{split}" in keys:
-            images = archive[f"x_{split}"]
+            images = _read_array(archive, f"x_{split}", path)
         elif f"{split}_jpeg" in keys and f"{split}_offsets" in keys:
-            images = _decode_jpeg(archive[f"{split}_jpeg"], archive[f"{split}_offsets"])
+            images = _decode_jpeg(
+                _read_array(archive, f"{split}_jpeg", path),
+                _read_array(archive, f"{split}_offsets", path),
+                path,
+            )
         else:
             raise ConvertSNNError(
                 f"{path} has no '{split}' split: expected arrays x_{split} and y_{split} "
@@ -168,7 +197,7 @@ def _load_npz(path: Path, split: str) -> ImageDataset:
             )
         if f"y_{split}" not in keys:
             raise ConvertSNNError(f"{path} has images but no labels 'y_{split}'")
-        labels = archive[f"y_{split}"]
+        labels = _read_array(archive, f"y_{split}", path)
     tensor = _as_nchw(images, str(path))
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ConvertSNNError(

@@ -30,6 +30,7 @@ from convertsnn.snn.dlif import to_dlif
 from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import load_snn, save_snn
+from convertsnn.zoo import resolve_model_file
 
 
 def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResult:
@@ -41,7 +42,7 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
     config = _as_config(FinetuneConfig, config, settings)
     with distributed_context(config.device) as ctx:
         seed_everything(config.seed + ctx.rank)
-        snn = load_snn(config.model, ctx.device)
+        snn = load_snn(resolve_model_file(config.model), ctx.device)
         if config.timesteps is not None:
             snn.timesteps = config.timesteps
         if config.encoder is not None:
@@ -103,8 +104,8 @@ def train(config: TrainConfig | dict | None = None, **settings) -> FitResult:
 
 
 def source_of(path: str, snn: SpikingNetwork, device) -> SpikingNetwork:
-    """The SNN file ``path`` as a distillation teacher for ``snn`` (same input and classes)."""
-    teacher = load_snn(path, device)
+    """The SNN file (or ``zoo:NAME``) ``path`` as a distillation teacher for ``snn`` (same input and classes)."""
+    teacher = load_snn(resolve_model_file(path), device)
     theirs = (teacher.input_size, teacher.metadata.get("num_classes"))
     ours = (snn.input_size, snn.metadata.get("num_classes"))
     if theirs != ours:

@@ -44,9 +44,9 @@ class Preprocessing:
             raise ConvertSNNError(
                 f"mean has {len(self.mean)} values but std has {len(self.std)}; give one per channel"
             )
-        if self.input_size is not None and (len(self.input_size) != 3 or min(self.input_size) < 1):
+        if self.input_size is not None and (not self.input_size or min(self.input_size) < 1):
             raise ConvertSNNError(
-                f"input size must be C,H,W (three positive integers), got {self.input_size}"
+                f"input size must be positive integers (C,H,W for images), got {self.input_size}"
             )
         given = self.mean or self.std
         if given and self.input_size and len(given) != self.input_size[0]:

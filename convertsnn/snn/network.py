@@ -15,13 +15,15 @@ The last layer of the body is non-spiking, so the readout is the mean of its out
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from convertsnn.errors import ConvertSNNError
+from convertsnn.errors import ConvertSNNError, InputRangeWarning
 from convertsnn.snn.encoding import Encoder, parse_encoder
 from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
 from convertsnn.snn.pooling import SpikingMaxPool2d
@@ -29,6 +31,7 @@ from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
 MAX_TIMESTEPS = 4096  # beyond the longest simulations in the conversion literature
 INPUT_TOLERANCE = 1e-4  # float rounding allowed outside [0, 1]
+UNSCALED_LIMIT = 10.0  # beyond this no image in [0, 1], even with noise added, can reach
 
 
 def check_timesteps(value: int, what: str = "timesteps") -> int:
@@ -38,9 +41,7 @@ def check_timesteps(value: int, what: str = "timesteps") -> int:
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise ConvertSNNError(
-            f"{what} must be an integer from 1 to {MAX_TIMESTEPS}, got {value}"
-        )
+        raise ConvertSNNError(f"{what} must be an integer from 1 to {MAX_TIMESTEPS}, got {value}")
     return int(value)
 
 
@@ -68,6 +69,7 @@ class SpikingNetwork(nn.Module):
         self.encoder = parse_encoder(encoder)
         self.metadata = dict(metadata or {})
         self.timesteps = timesteps
+        self._input_range_warned = False
 
     @property
     def timesteps(self) -> int:
@@ -87,10 +89,12 @@ class SpikingNetwork(nn.Module):
         return tuple(size) if size else None
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a one-line error if ``x`` is not a batch of images in [0, 1] of the model's size.
+        """Raise a one-line error if ``x`` is not a batch of images of the model's size.
 
-        Values outside [0, 1] (beyond float rounding) are refused rather than run: images in
-        [0, 255] or already normalised would give confidently wrong outputs.
+        For a model with a known input size (every converted model), NaN and values beyond
+        +-``UNSCALED_LIMIT`` (pixels in [0, 255]) are refused; other values outside [0, 1]
+        (normalised images, or noise added on purpose as in randomised smoothing) give one
+        :class:`InputRangeWarning` per model.
         """
         if not isinstance(x, torch.Tensor):
             raise ConvertSNNError(f"the SNN takes a tensor of images, got {type(x).__name__}")
@@ -102,13 +106,23 @@ class SpikingNetwork(nn.Module):
                 f"[B, {', '.join(map(str, expected))}]{unbatched}; resize the images or use "
                 "matching data"
             )
-        if x.numel():
-            low, high = torch.aminmax(x.detach())
-            if not (low >= -INPUT_TOLERANCE and high <= 1 + INPUT_TOLERANCE):
+        if expected and x.numel():
+            low, high = (v.item() for v in torch.aminmax(x.detach()))
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ConvertSNNError("input images contain NaN or infinite values")
+            if not -UNSCALED_LIMIT <= low <= high <= UNSCALED_LIMIT:
                 raise ConvertSNNError(
-                    f"input values span [{low.item():.4g}, {high.item():.4g}] but the SNN takes "
-                    "images in [0, 1] (normalisation is inside the model); divide uint8 images "
-                    "by 255 and do not normalise them"
+                    f"input values span [{low:.4g}, {high:.4g}] but the SNN takes images in "
+                    "[0, 1] (normalisation is inside the model); divide uint8 images by 255"
+                )
+            outside = low < -INPUT_TOLERANCE or high > 1 + INPUT_TOLERANCE
+            if outside and not self._input_range_warned:
+                self._input_range_warned = True
+                warnings.warn(
+                    f"input values span [{low:.4g}, {high:.4g}]; the SNN takes images in [0, 1] "
+                    "(normalisation is inside the model): expected only for noisy inputs",
+                    InputRangeWarning,
+                    stacklevel=3,
                 )
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:

@@ -159,10 +159,56 @@ def package_versions() -> dict[str, str]:
     }
 
 
+TEMP_SUFFIX = ".convertsnn-tmp"  # temporary files are .NAME.HOST-PID.RANDOM.convertsnn-tmp
+
+
+def _temp_owner_alive(name: str) -> bool:
+    """Whether the process that created temporary file ``name`` may still be writing it."""
+    marker = f".{platform.node()}-"
+    at = name.rfind(marker)
+    pid = name[at + len(marker) :].split(".", 1)[0] if at >= 0 else ""
+    if not pid.isdigit():
+        return True  # another machine's (a shared disk) or not ours: leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists
+        return True
+    return True
+
+
+def sweep_temporary_files(folder: Path) -> None:
+    """Remove temporary files of this machine's writers that died (e.g. SIGKILL) mid-write."""
+    for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
+        if not _temp_owner_alive(leftover.name):
+            leftover.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, err: OSError) -> ConvertSNNError:
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    return ConvertSNNError(
+        f"cannot write {path}: {err.strerror or err}{where}; choose a writable file path"
+    )
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Call ``write(tmp_path)`` then rename the temporary file over ``path``.
+
+    The temporary file sits next to ``path`` and is named after this machine and process, so a
+    later write to the same folder removes what a killed writer left behind. File-system
+    failures (a parent that is a file, no permission, a full disk) are one-line errors.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_temporary_files(path.parent)
+        prefix = f".{path.name}.{platform.node()}-{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -170,6 +216,9 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -9,6 +9,7 @@ onnxruntime on random images before returning it. See docs/importers.md.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +33,22 @@ VERIFY_IMAGES = 3
 TOLERANCE = 1e-3  # relative to max(1, max |logit|); fp32 reordering stays far below
 
 
+MAX_INPUT_ELEMENTS = 3 * 2048 * 2048  # per image; larger inputs would need many GB to probe
+
+
+def _check_size(size: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    """``size``, refused before anything is allocated when it is empty or absurdly large."""
+    if any(n < 1 for n in size):
+        raise ConvertSNNError(f"cannot import {path.name}: its input size {size} has empty axes")
+    if math.prod(size) > MAX_INPUT_ELEMENTS:
+        raise ConvertSNNError(
+            f"cannot import {path.name}: its input size {size} has {math.prod(size):,} values per "
+            f"image (at most {MAX_INPUT_ELEMENTS:,} are supported); export the model at the "
+            "image size it is used at, or pass --input-size"
+        )
+    return size
+
+
 def _geometry(
     dims: list[int | None], input_size: tuple[int, ...] | None, path: Path
 ) -> tuple[str, tuple[int, ...]]:
@@ -52,13 +69,13 @@ def _geometry(
                 f"cannot import {path.name}: --input-size {input_size} does not fit the model's "
                 f"input ({shown})"
             )
-        return layout, tuple(input_size)
+        return layout, _check_size(tuple(input_size), path)
     if any(s is None for s in stored):
         raise ConvertSNNError(
             f"cannot import {path.name}: its input size is not fixed in the file; pass "
             "--input-size C,H,W"
         )
-    return layout, tuple(stored)
+    return layout, _check_size(tuple(stored), path)
 
 
 def _check(path, model, output_name, graph, size, layout, fixed_batch) -> dict:
