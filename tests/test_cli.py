@@ -122,7 +122,9 @@ def test_images_of_the_wrong_shape(runner, ann_file, data, tmp_path):
     result = runner.invoke(main, ["evaluate", str(out), "--data", str(cifar_like)])
     assert_clean_error(result, "but the model expects (1, 28, 28)")
     result = runner.invoke(main, ["convert", str(ann_file), "--calib", str(cifar_like)])
-    assert_clean_error(result, "calibration images are (3, 32, 32) but the model expects (1, 28, 28)")
+    assert_clean_error(
+        result, "calibration images are (3, 32, 32) but the model expects (1, 28, 28)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConvertSNNError as err:
             raise click.ClickException(str(err)) from None
+        except click.UsageError as err:  # a bad option or command: one line, not the usage text
+            where = f"{err.ctx.command_path if err.ctx else 'convertsnn'} --help"
+            hint = "" if "--help" in err.format_message() else f" (see `{where}`)"
+            raise click.ClickException(f"{err.format_message()}{hint}") from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:

@@ -28,7 +28,7 @@ from convertsnn.eval.certify import (
 )
 from convertsnn.eval.report import format_table
 from convertsnn.eval.state import StateDir
-from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
+from convertsnn.snn.serialize import atomic_write, check_writable, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
 
 STATE_FILE = "certificates.jsonl"
@@ -119,6 +119,9 @@ def command(
     check_settings(n0, n, alpha, batch_size)
     if skip < 1 or (limit is not None and limit < 1):
         raise ConvertSNNError("--skip and --limit must be at least 1")
+    for path in (out, plot):
+        if path:
+            check_writable(path)
     device = resolve_device(device)
     snn = load_snn(resolve_model_file(model_file), device)
     sigma_eff = effective_sigma(snn, extra)

@@ -19,7 +19,8 @@ from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, load_ann, source_stem
 from convertsnn.snn.network import check_timesteps
-from convertsnn.snn.serialize import save_snn
+from convertsnn.snn.serialize import check_writable, save_snn
+from convertsnn.snn.surrogate import parse_surrogate
 
 NO_DATA_CALIBRATION = "bnstats"
 
@@ -103,7 +104,10 @@ def command(
         raise ConvertSNNError(f"--calib-images must be at least 1, got {calib_images}")
     if batch_size < 1:
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
+    parse_surrogate(surrogate)
     device = resolve_device(device)
+    path = Path(out or f"{source_stem(source)}_snn_T{timesteps}.safetensors")
+    check_writable(path)
     ann = load_ann(
         source,
         arch=arch,
@@ -118,15 +122,9 @@ def command(
         ann.preprocessing.num_classes = ann.preprocessing.num_classes or calib.num_classes
         loader = DataLoader(calib, batch_size=batch_size)
     ann.preprocessing.check()  # mean/std against the channels now known
+    data_free_note = calibration is None and not loader
     if calibration is None:
         calibration = "percentile:99.99" if loader else NO_DATA_CALIBRATION
-        if not loader:
-            click.echo(
-                f"no --calib data: thresholds estimated without data ({calibration}: BatchNorm "
-                "statistics propagated through the weights); for higher accuracy pass --calib "
-                "DATA (a few hundred training images) and, at T <= 16, --calibration mse or "
-                "biascal:mse (see docs/conversion.md)"
-            )
     metadata = ann.metadata()
     metadata["calibration_data"] = (
         {"spec": calib_data, "images": len(loader.dataset)} if loader else None
@@ -136,8 +134,14 @@ def command(
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
         metadata=metadata,
     )  # fmt: skip
-    path = Path(out or f"{source_stem(source)}_snn_T{timesteps}.safetensors")
     save_snn(snn, path)
+    if data_free_note:
+        click.echo(
+            f"no --calib data: thresholds estimated without data ({calibration}: BatchNorm "
+            "statistics propagated through the weights); for higher accuracy pass --calib "
+            "DATA (a few hundred training images) and, at T <= 16, --calibration mse or "
+            "biascal:mse (see docs/conversion.md)"
+        )
     click.echo(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "
         f"T={timesteps}, calibration {snn.metadata['conversion']['calibration']}"

@@ -27,7 +27,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import rows_table
 from convertsnn.eval.robustness import evaluate_over_timesteps
 from convertsnn.importers import load_ann
-from convertsnn.snn.serialize import save_snn
+from convertsnn.snn.serialize import check_writable, save_snn
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_MODEL = ASSETS / "mnist_cnn_pgd.safetensors"
@@ -56,6 +56,9 @@ def command(images, timesteps, eps, steps, calibration, save, out, seed, device)
     device = resolve_device(device)
     ts = parse_int_list(timesteps, "--timesteps")
     radius = parse_number(eps, "--eps")
+    for path in (save, out):
+        if path:
+            check_writable(path)
     ann = load_ann(str(DEMO_MODEL))
     calib = DataLoader(load_dataset(str(DEMO_DATA), split="train"), batch_size=128)
     test = load_dataset(str(DEMO_DATA), split="test", limit=images)

@@ -21,7 +21,8 @@ from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs
 from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite
-from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
+from convertsnn.snn.network import check_timesteps
+from convertsnn.snn.serialize import atomic_write, check_writable, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
 
 # which CLI options each attack takes (as keyword arguments of the attack class)
@@ -187,10 +188,15 @@ def command(
         evaluation = single_attack_suite(attack, attack_params(attack, options), gradient)
     if (autoattack or resume) and evaluation is None:
         raise ConvertSNNError("--autoattack and --resume need --suite or --attack")
+    for path in (out, report and Path(report) / "report.md"):
+        if path:
+            check_writable(path)
     torch.manual_seed(seed)
     device = resolve_device(device)
     snn = load_snn(resolve_model_file(model_file), device)
     ts = parse_int_list(timesteps, "--timesteps") if timesteps else [snn.timesteps]
+    for value in ts:
+        check_timesteps(value, "--timesteps")
     dataset = load_dataset(data, split="test", data_dir=data_dir, limit=limit)
     check_dataset_fits(dataset, data, snn.input_size, snn.metadata.get("num_classes"))
     eps_values = parse_number_list(eps, "--eps") if evaluation else []

@@ -186,10 +186,31 @@ def sweep_temporary_files(folder: Path) -> None:
 
 
 def _write_error(path: Path, err: OSError) -> ConvertSNNError:
-    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    culprit = Path(err.filename) if err.filename else None  # shown when it is not our own file
+    where = f" ({culprit})" if culprit and culprit.parent != path.parent else ""
     return ConvertSNNError(
         f"cannot write {path}: {err.strerror or err}{where}; choose a writable file path"
     )
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, in one line, if ``path`` could not be written later (before long work).
+
+    Nothing is created: the nearest existing folder above ``path`` must take a new file.
+    """
+    path = Path(path)
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder", str(path))
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(folder))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise _write_error(path, err) from None
 
 
 def atomic_write(path: Path, write) -> None:
@@ -253,6 +274,8 @@ def save_snn(snn: SpikingNetwork, path: str | os.PathLike) -> Path:
 
 def read_document(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """The JSON document and tensors of a convertsnn safetensors file, with one-line errors."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConvertSNNError(f"a model file is a path or a string, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise ConvertSNNError(f"model file not found: {path}")
