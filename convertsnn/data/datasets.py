@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import socket
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,14 +214,57 @@ def _load_npz(path: Path, split: str) -> ImageDataset:
     return ImageDataset(tensor, labels, name=f"{path.name}:{split}")
 
 
+MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "mnist_sample.npz"
+_DOWNLOAD_HOSTS = {  # where torchvision downloads each dataset from
+    "mnist": "ossci-datasets.s3.amazonaws.com",
+    "fashion-mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+    "cifar10": "www.cs.toronto.edu",
+    "cifar100": "www.cs.toronto.edu",
+    "svhn": "ufldl.stanford.edu",
+}
+
+
+def _reachable(host: str, timeout: float = 3.0) -> str | None:
+    """None when ``host`` accepts a connection, else why not (checked in seconds, not minutes)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        return str(err) or type(err).__name__
+    return None
+
+
 def _load_torchvision(
     name: str, split: str, data_dir: str | os.PathLike | None, download: bool
 ) -> ImageDataset:
+    """A torchvision dataset from ``data_dir``, downloaded there if missing and online.
+
+    Offline, ``mnist`` falls back to the MNIST sample shipped with convertsnn (256 training and
+    1000 test images), with a warning; other datasets fail at once with the reason.
+    """
     import torchvision.datasets as tvd
 
     root = Path(data_dir or os.environ.get("CONVERTSNN_DATA", "~/.cache/convertsnn/data"))
     root = root.expanduser()
     train = split == "train"
+    if download:
+        try:  # stored already: no network needed
+            return _load_torchvision(name, split, data_dir, download=False)
+        except ConvertSNNError:
+            pass
+        offline = _reachable(_DOWNLOAD_HOSTS[name])
+        if offline and name == "mnist":
+            warnings.warn(
+                f"MNIST is not in {root} and cannot be downloaded ({offline}): using the MNIST "
+                f"sample shipped with convertsnn ({MNIST_SAMPLE.name}: 256 training, 1000 test "
+                "images); pass --data-dir to the full dataset for complete results",
+                stacklevel=3,
+            )
+            return _load_npz(MNIST_SAMPLE, split)
+        if offline:
+            raise ConvertSNNError(
+                f"{name} is not in {root} and cannot be downloaded ({offline}); pass --data-dir "
+                "to where it is stored, or an .npz file"
+            )
     try:
         if name == "svhn":
             ds = tvd.SVHN(str(root), split=split, download=download)
