@@ -69,7 +69,6 @@ class SpikingNetwork(nn.Module):
         self.encoder = parse_encoder(encoder)
         self.metadata = dict(metadata or {})
         self.timesteps = timesteps
-        self._input_range_warned = False
 
     @property
     def timesteps(self) -> int:
@@ -116,7 +115,7 @@ class SpikingNetwork(nn.Module):
                     "[0, 1] (normalisation is inside the model); divide uint8 images by 255"
                 )
             outside = low < -INPUT_TOLERANCE or high > 1 + INPUT_TOLERANCE
-            if outside and not self._input_range_warned:
+            if outside and not getattr(self, "_input_range_warned", False):
                 self._input_range_warned = True
                 warnings.warn(
                     f"input values span [{low:.4g}, {high:.4g}]; the SNN takes images in [0, 1] "
