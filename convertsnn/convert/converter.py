@@ -97,7 +97,10 @@ def convert(
         timesteps: simulation length T the SNN runs by default.
         calibration: method spec, e.g. ``"max"`` or ``"percentile:99.9"``.
         neuron: ``"if"`` or ``"lif"`` (LIF uses ``leak``).
-        leak, reset, v_init, surrogate: neuron settings, see :class:`IFNeuron`.
+        leak: membrane leak of a LIF neuron, in (0, 1).
+        reset: ``"subtract"`` or ``"zero"``, see :class:`IFNeuron`.
+        v_init: initial membrane potential as a fraction of the threshold, in [0, 1].
+        surrogate: surrogate gradient ``FAMILY[:G]``, see :class:`IFNeuron`.
         device: where calibration runs; the SNN is returned on this device.
         metadata: extra facts to store with the model (source, preprocessing, ...).
     """
