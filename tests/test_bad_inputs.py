@@ -29,6 +29,7 @@ from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.config import load_recipe
 from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.models import create_model
 from convertsnn.snn.network import SpikingNetwork
 from tests.onnx_files import rand_weights, save_model
 
@@ -128,6 +129,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     (d / "garbage.pt").write_text("not a checkpoint")
     torch.save({"state_dict": _Payload()}, d / "payload.pt")
     torch.save({"conv.weight": torch.zeros(2, 1, 3, 3)}, d / "plain.pt")
+    torch.save(create_model("resnet20", num_classes=10).state_dict(), d / "r20.pt")
     save_file({"x": torch.zeros(1)}, d / "plain.safetensors")
     (d / "bad.yaml").write_text("epochs: [1, 2\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
@@ -188,6 +190,8 @@ CLI_CASES = [
     ("convert {ANN} --mean 0.5 --std -1", "std must be positive"),
     ("convert {ANN} --mean 0.1,0.2 --std 0.3", "mean has 2 values but std has 1"),
     ("convert {ANN} --mean 0.1,0.2,0.3 --std 0.2,0.2,0.2", "the model takes 1 channels"),
+    ("convert {r20_pt} --arch resnet20 --mean 0,0,0,0 --std 1,1,1,1", "takes 3 channels"),
+    ("convert {r20_pt} --arch resnet20 --mean 0,0 --std 1,1", "takes 3 channels"),
     ("convert {ANN} --mean x --std 1", "--mean 'x' is not a number"),
     ("convert {ANN} --mean nan --std 1", "is not a number"),
     ("convert {ANN} --mean 0 --std inf", "is not a number"),

@@ -101,6 +101,12 @@ def with_normalization(net: nn.Module, preprocessing: Preprocessing) -> nn.Modul
     if preprocessing.mean is None and preprocessing.std is None:
         return net
     channels = len(preprocessing.mean or preprocessing.std)
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != channels:
+        raise ConvertSNNError(
+            f"mean/std have {channels} values but the model's first convolution takes "
+            f"{first.in_channels} channels; give one value per channel"
+        )
     mean = preprocessing.mean or (0.0,) * channels
     std = preprocessing.std or (1.0,) * channels
     return nn.Sequential(Normalize(mean, std), net)
