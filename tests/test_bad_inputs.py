@@ -470,12 +470,13 @@ def _one_line_or_data(read) -> None:
         assert "\n" not in str(err)
 
 
+@pytest.mark.parametrize(("suffix", "read"), [(".npz", load_dataset), (".onnx", load_ann)])
 @PROPERTY
-@given(st.binary(max_size=400))
-def test_npz_reader_on_random_bytes(tmp_path, data):
-    path = tmp_path / "random.npz"
+@given(data=st.binary(max_size=400))
+def test_readers_on_random_bytes(tmp_path, suffix, read, data):
+    path = tmp_path / f"random{suffix}"
     path.write_bytes(data)
-    _one_line_or_data(lambda: load_dataset(str(path)))
+    _one_line_or_data(lambda: read(str(path)))
 
 
 _DTYPES = st.sampled_from([np.uint8, np.int64, np.float32, np.bool_, np.int8, np.uint16])
@@ -503,14 +504,6 @@ def test_onnx_reader_on_random_input_shapes(tmp_path, dims):
         path = _onnx(tmp_path / "random.onnx", dims)
     except (ValueError, TypeError):  # onnx.helper refuses the shape itself
         return
-    _one_line_or_data(lambda: load_ann(str(path)))
-
-
-@PROPERTY
-@given(st.binary(max_size=300))
-def test_onnx_reader_on_random_bytes(tmp_path, data):
-    path = tmp_path / "random.onnx"
-    path.write_bytes(data)
     _one_line_or_data(lambda: load_ann(str(path)))
 
 

@@ -42,7 +42,7 @@ def test_save_is_atomic_on_failure(snn, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(serialize, "save_file", broken)
-    with pytest.raises(ConvertSNNError, match="cannot write .*m.safetensors: disk full"):
+    with pytest.raises(ConvertSNNError, match=r"cannot write .*m\.safetensors: disk full"):
         save_snn(snn, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
