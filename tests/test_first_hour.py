@@ -124,3 +124,20 @@ def test_temporary_files_of_a_killed_writer_are_swept(tmp_path):
     atomic_write(tmp_path / "other.txt", lambda tmp: Path(tmp).write_text("ok"))
     assert not leftovers[0].exists() and live.exists()
     assert (tmp_path / "other.txt").read_text() == "ok"
+
+
+def test_demo_next_hint_runs_offline(offline, tmp_path, monkeypatch):
+    """The demo's "next" commands (convert the demo model with --calib mnist, evaluate on
+    --data mnist) work without a network, on the shipped sample."""
+    monkeypatch.chdir(tmp_path)
+    model = ASSETS / "mnist_cnn_pgd.safetensors"
+    result = CliRunner().invoke(
+        main, ["convert", str(model), "--calib", "mnist", "--data-dir", str(tmp_path),
+               "-o", "snn.safetensors", "-T", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 0 and (tmp_path / "snn.safetensors").is_file(), result.output
+    result = CliRunner().invoke(
+        main, ["evaluate", "snn.safetensors", "--data", "mnist", "--data-dir", str(tmp_path),
+               "--limit", "20", "--no-sanity", "--attack", "fgsm", "--eps", "0.1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output

@@ -85,8 +85,9 @@ def command(images, timesteps, eps, steps, calibration, save, out, seed, device)
         "zoo:mnist_cnn_pgd_snn_t8 --data mnist --suite quick --eps 0.1`"
     )
     click.echo(
-        "next: `convertsnn convert CHECKPOINT --calib DATA -o snn.safetensors`, then "
-        "`convertsnn evaluate snn.safetensors --data DATA --suite standard --eps 8/255`"
+        f"next (runs offline): `convertsnn convert {DEMO_MODEL} --calib mnist -o "
+        "snn.safetensors`, then `convertsnn evaluate snn.safetensors --data mnist --suite quick "
+        "--eps 0.1`; your own model: `convertsnn convert CHECKPOINT --calib DATA`"
     )
     if save:
         save_snn(snn, save)
