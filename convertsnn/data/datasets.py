@@ -280,8 +280,9 @@ def _load_torchvision(
         ds = cls(str(root), train=train, download=download)
     except (RuntimeError, OSError) as err:
         hint = "" if download else " (downloads are off)"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConvertSNNError(
-            f"could not load {name} from {root}{hint}: {str(err).splitlines()[0]}; "
+            f"could not load {name} from {root}{hint}: {reason}; "
             "pass --data-dir to where it is stored, or an .npz file"
         ) from None
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
