@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from convertsnn.cli import main, quiet_warnings
 from convertsnn.data import datasets, load_dataset
 from convertsnn.errors import ConvertSNNError
+from convertsnn.importers import load_ann
+from convertsnn.importers import timm as timm_importer
 from convertsnn.snn.serialize import TEMP_SUFFIX, atomic_write, load_snn
 from tests.conftest import write_npz
 
@@ -26,7 +28,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "convertsnn" / "assets"
 
 @pytest.fixture
 def offline(monkeypatch):
-    monkeypatch.setattr(datasets, "_reachable", lambda host, timeout=3.0: "no network")
+    monkeypatch.setattr(datasets, "why_unreachable", lambda host, timeout=3.0: "no network")
+    monkeypatch.setattr(timm_importer, "why_unreachable", lambda host, timeout=3.0: "no network")
 
 
 def test_mnist_offline_falls_back_to_the_shipped_sample(offline, tmp_path):
@@ -141,3 +144,12 @@ def test_demo_next_hint_runs_offline(offline, tmp_path, monkeypatch):
                "--limit", "20", "--no-sanity", "--attack", "fgsm", "--eps", "0.1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_timm_download_offline_fails_at_once(offline):
+    start = time.monotonic()
+    with pytest.raises(
+        ConvertSNNError, match=r"huggingface\.co cannot be reached .* --weights FILE"
+    ):
+        load_ann("timm:resnet18")
+    assert time.monotonic() - start < 10

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import itertools
 import os
-import socket
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from convertsnn.errors import ConvertSNNError
+from convertsnn.offline import why_unreachable
 
 TORCHVISION_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 SPLITS = ("train", "test")
@@ -224,15 +224,6 @@ _DOWNLOAD_HOSTS = {  # where torchvision downloads each dataset from
 }
 
 
-def _reachable(host: str, timeout: float = 3.0) -> str | None:
-    """None when ``host`` accepts a connection, else why not (checked in seconds, not minutes)."""
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as err:
-        return str(err) or type(err).__name__
-    return None
-
-
 def _load_torchvision(
     name: str, split: str, data_dir: str | os.PathLike | None, download: bool
 ) -> ImageDataset:
@@ -251,7 +242,7 @@ def _load_torchvision(
             return _load_torchvision(name, split, data_dir, download=False)
         except ConvertSNNError:
             pass
-        offline = _reachable(_DOWNLOAD_HOSTS[name])
+        offline = why_unreachable(_DOWNLOAD_HOSTS[name])
         if offline and name == "mnist":
             warnings.warn(
                 f"MNIST is not in {root} and cannot be downloaded ({offline}): using the MNIST "

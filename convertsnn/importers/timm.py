@@ -18,6 +18,9 @@ from convertsnn._compat.robustbench import TIMM_CHECKPOINT_LOADERS, force_weight
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers.base import LoadedANN, Preprocessing, with_normalization
 from convertsnn.importers.checkpoint import read_state_dict
+from convertsnn.offline import why_unreachable
+
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from the hub
 
 
 def _first_line(err: Exception) -> str:
@@ -34,6 +37,25 @@ def _classifier_size(name: str, state: dict) -> int | None:
     classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
     weight = state.get(f"{classifier}.weight") if classifier else None
     return int(weight.shape[0]) if weight is not None else None
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail at once, not after a minute of retries, when weights must come from an unreachable
+    Hugging Face hub (weights already in the hub cache load offline)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if not hub_id or any(
+        isinstance(try_to_load_from_cache(hub_id, file), str) for file in HUB_WEIGHT_FILES
+    ):
+        return
+    reason = why_unreachable("huggingface.co")
+    if reason:
+        raise ConvertSNNError(
+            f"could not get pretrained weights for timm model '{name}': huggingface.co cannot be "
+            f"reached ({reason}); download them and pass --weights FILE"
+        )
 
 
 def load_timm(
@@ -72,6 +94,7 @@ def load_timm(
                 f"{path} does not fit timm model '{name}': {_first_line(err)}"
             ) from None
     else:
+        _check_hub_reachable(name)
         try:
             model = timm.create_model(name, pretrained=True, **kwargs)
         except Exception as err:
