@@ -321,6 +321,12 @@ def _snn(files) -> SpikingNetwork:
     return load_snn(files["snn_safetensors"])
 
 
+def _r20_snn(files) -> SpikingNetwork:
+    """A converted ResNet-20 whose input size is unknown (a checkpoint, no calibration data)."""
+    ann = load_ann(files["r20_pt"], arch="resnet20")
+    return convert(ann.model, calibration="bnstats", metadata=ann.metadata())
+
+
 def _loader(images: torch.Tensor) -> DataLoader:
     return DataLoader(
         list(zip(images, torch.zeros(len(images), dtype=torch.long), strict=True)), batch_size=4
@@ -396,6 +402,11 @@ API_CASES = [
     ("load_snn(123)", lambda f: load_snn(123), "a model file is a path or a string"),
     ("load_snn missing", lambda f: load_snn("nope.safetensors"), "model file not found"),
     ("snn(unbatched)", lambda f: _snn(f)(torch.rand(1, 28, 28)), "add the batch dimension"),
+    (
+        "snn of unknown size (unbatched)",
+        lambda f: _r20_snn(f)(torch.rand(3, 32, 32)),
+        "add the batch dimension",
+    ),
     ("snn(wrong size)", lambda f: _snn(f)(torch.rand(2, 1, 32, 32)), "does not match"),
     (
         "snn(images in [0, 255])",

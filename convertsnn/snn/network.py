@@ -105,6 +105,15 @@ class SpikingNetwork(nn.Module):
                 f"[B, {', '.join(map(str, expected))}]{unbatched}; resize the images or use "
                 "matching data"
             )
+        if (
+            not expected
+            and x.ndim == 3
+            and any(isinstance(m, nn.Conv2d) for m in self.body.modules())
+        ):
+            raise ConvertSNNError(
+                f"input of shape {tuple(x.shape)} is not a batch of images [B, C, H, W]; add the "
+                "batch dimension: x.unsqueeze(0)"
+            )
         if expected and x.numel():
             low, high = (v.item() for v in torch.aminmax(x.detach()))
             if not (math.isfinite(low) and math.isfinite(high)):

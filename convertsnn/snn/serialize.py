@@ -187,6 +187,10 @@ def sweep_temporary_files(folder: Path) -> None:
 
 def _write_error(path: Path, err: OSError) -> ConvertSNNError:
     culprit = Path(err.filename) if err.filename else None  # shown when it is not our own file
+    if culprit and culprit != path and culprit.is_file():
+        return ConvertSNNError(
+            f"cannot write {path}: {culprit} is a file, not a folder; choose another path"
+        )
     where = f" ({culprit})" if culprit and culprit.parent != path.parent else ""
     return ConvertSNNError(
         f"cannot write {path}: {err.strerror or err}{where}; choose a writable file path"
