@@ -54,7 +54,9 @@ def convertsnn_reference(
     return logits, {k: v / len(images) for k, v in counts.items()}
 
 
-def run_sinabs(graph, images: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, dict[str, float]]:
+def run_sinabs(
+    graph, images: torch.Tensor, timesteps: int
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean output over ``timesteps`` of the NIR ``graph`` simulated by Sinabs, and spikes per
     image per neuron node; ``images`` ``[B, C, H, W]`` are fed at every step (direct coding)."""
     try:
@@ -96,7 +98,9 @@ def run_sinabs(graph, images: torch.Tensor, timesteps: int) -> tuple[torch.Tenso
 def _topological(order: list, edges: list[tuple[str, str]]) -> list:
     """The executor's nodes, each after all its sources (ties keep the executor's order)."""
     names = {_sanitize(src) for edge in edges for src in edge}
-    sources = {node.name: {_sanitize(s) for s, d in edges if _sanitize(d) == node.name} for node in order}
+    sources = {
+        node.name: {_sanitize(s) for s, d in edges if _sanitize(d) == node.name} for node in order
+    }
     done: set[str] = set()
     result = []
     pending = list(order)

@@ -132,7 +132,9 @@ def export_onnx(
     return path
 
 
-def onnx_logits(path: str | os.PathLike, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def onnx_logits(
+    path: str | os.PathLike, images: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
     """Run an exported file in onnxruntime (CPU) on ``images`` ``[N, C, H, W]``; logits ``[N, K]``."""
     import onnxruntime
 
