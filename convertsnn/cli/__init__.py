@@ -49,8 +49,19 @@ def main() -> None:
 
 
 def _register() -> None:
-    from convertsnn.cli import certify, convert, demo, evaluate, finetune, models, train, zoo
-    from convertsnn.cli import export, import_nir, profile
+    from convertsnn.cli import (
+        certify,
+        convert,
+        demo,
+        evaluate,
+        export,
+        finetune,
+        import_nir,
+        models,
+        profile,
+        train,
+        zoo,
+    )
 
     for module in (certify, convert, demo, evaluate, finetune, models, train, zoo):
         main.add_command(module.command)

@@ -249,7 +249,7 @@ def profile_snn(
                     "p50": float(quantiles[1]),
                     "p90": float(quantiles[2]),
                     "max": float(rates.max()),
-                },  # fmt: skip
+                },
                 silent_fraction=float((rates == 0).float().mean()),
                 spikes_per_step=(per_step[name].float().cpu() / n).tolist(),
             )

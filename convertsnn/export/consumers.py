@@ -77,7 +77,7 @@ def run_sinabs(
         return lambda mod, args, out: captured.__setitem__(name, out)
 
     hooks = [modules[_sanitize(last)].register_forward_hook(keep("logits"))]
-    for name, node in graph.nodes.items():
+    for name in graph.nodes:
         module = modules.get(_sanitize(name))
         if isinstance(module, sl.IAFSqueeze):
             module.spike_fn = sinabs.activation.SingleSpike
