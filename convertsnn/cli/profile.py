@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from convertsnn.cli.images import model_images
 from convertsnn.cli.options import device_option, parse_number, resolve_device
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.energy import E_AC_PJ, E_MAC_PJ
-from convertsnn.snn.serialize import atomic_write, load_snn
+from convertsnn.snn.serialize import load_snn
 from convertsnn.zoo import resolve_model_file
 
 
@@ -35,7 +33,9 @@ from convertsnn.zoo import resolve_model_file
 @click.option("--data-dir", type=click.Path(), help="Where torchvision datasets are stored.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the profile as JSON.")
 @click.option(
-    "--report", type=click.Path(file_okay=False), help="Write profile.md and PNG plots here."
+    "--report",
+    type=click.Path(file_okay=False),
+    help="Write profile.md, profile.json and PNG plots here.",
 )
 @device_option
 def command(
@@ -44,8 +44,9 @@ def command(
     """Spikes, synaptic operations vs the ANN's MACs, and energy of MODEL_FILE (or zoo:NAME)."""
     from convertsnn.cli.options import write_json_out
     from convertsnn.eval.energy import profile_snn
-    from convertsnn.eval.energy_report import plot_profile, profile_markdown, profile_tables
+    from convertsnn.eval.energy_report import profile_tables, write_profile_report
 
+    e_mac_pj, e_ac_pj = parse_number(e_mac, "--e-mac"), parse_number(e_ac, "--e-ac")
     if batch_size < 1:
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
     snn = load_snn(resolve_model_file(model_file), resolve_device(device))
@@ -53,14 +54,10 @@ def command(
         snn.timesteps = timesteps
     images, labels, name = model_images(snn, data, limit, data_dir)
     profile = profile_snn(
-        snn, images, labels, batch_size, parse_number(e_mac, "--e-mac"),
-        parse_number(e_ac, "--e-ac"), model=str(model_file), data=name,
+        snn, images, labels, batch_size, e_mac_pj, e_ac_pj, model=str(model_file), data=name,
     )  # fmt: skip
     click.echo(profile_tables(profile))
     write_json_out(out, profile.summary())
     if report:
-        plots = plot_profile(profile, report)
-        text = profile_markdown(profile, [p.name for p in plots])
-        path = Path(report) / "profile.md"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-        click.echo(f"wrote {path}, {', '.join(str(p) for p in plots)}")
+        written = write_profile_report(report, profile)
+        click.echo(f"wrote {', '.join(str(p) for p in written)}")

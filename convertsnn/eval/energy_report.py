@@ -91,3 +91,21 @@ def plot_profile(profile: Profile, folder: str | os.PathLike) -> list[Path]:
     ax.legend(fontsize=6)
     second = _save(fig, folder / "spikes_vs_T.png")
     return [first, second]
+
+
+def write_profile_report(folder: str | os.PathLike, profile: Profile) -> list[Path]:
+    """``profile.json`` and the plots in ``folder``, and the profile section appended to its
+    ``report.md`` (written first by ``convertsnn evaluate --report``) or written as
+    ``profile.md`` when there is no report."""
+    from convertsnn.eval.report import write_json
+    from convertsnn.snn.serialize import atomic_write
+
+    folder = Path(folder)
+    plots = plot_profile(profile, folder)
+    section = profile_markdown(profile, [p.name for p in plots])
+    report = folder / "report.md"
+    target = report if report.is_file() else folder / "profile.md"
+    text = (report.read_text() + "\n" + section) if target == report else section
+    atomic_write(target, lambda tmp: Path(tmp).write_text(text))
+    data = write_json(folder / "profile.json", profile.summary())
+    return [target, data, *plots]

@@ -328,7 +328,7 @@ def to_nir(snn: SpikingNetwork):
     if v_init - {0.0}:
         builder.notes.append(
             f"initial membrane v_init={sorted(v_init)} x threshold dropped: NIR nodes have no "
-            "initial state (consumers start at 0)"
+            "initial state (consumers start at 0; `convertsnn import` restores it from the metadata)"
         )
     if "subtract" in reset:
         builder.notes.append(

@@ -12,6 +12,10 @@ neuron becomes T copies of its update, written with ordinary ONNX ops::
 so the file runs in onnxruntime (or any ONNX backend) without PyTorch. Stateless layers still see
 time folded into the batch (``[T*B, ...]``), as inside convertsnn. Only the deterministic direct
 encoder can be exported; stochastic input coding has no reproducible ONNX equivalent.
+
+The TorchScript-based exporter (``dynamo=False``) is used: on the unrolled graphs it is about 20
+times faster than the torch.export-based one (0.6 s against 12 s for ResNet-2B at T=8, both
+agreeing with convertsnn to 5e-7).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,7 +116,8 @@ def export_onnx(
     example = torch.rand(2, *snn.input_size)
     buffer = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and exporter deprecation notices
             torch.onnx.export(
                 model,
                 (example,),
