@@ -21,6 +21,8 @@ sums (residual adds) are several edges into one node. How each feature is carrie
   Euler step of ``tau dv/dt = -v + r I`` is ``v <- leak * v + I``;
 - initial membrane ``v_init * theta``: NIR nodes carry no initial state; it is dropped (consumers
   start at 0) and ``v_init`` is written to the graph metadata; the export says so;
+- ResNet "option A" shortcuts (``x[:, :, ::2, ::2]`` and zero padding of channels): 1x1
+  Conv2d nodes that select channels (exact);
 - spiking max-pool, DLIF input gains, concatenation and other functions: refused, naming the layer.
 
 The last layer stays non-spiking: the graph outputs its currents at each step, and the logits are
@@ -312,6 +314,9 @@ def to_nir(snn: SpikingNetwork):
             elif target == "F.adaptive_avg_pool2d":
                 size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
                 values[name] = _global_pool(builder, name, size, values[args[0].name], in_shape)
+            elif target in ("operator.getitem", "F.pad"):
+                conv = _selection_conv(name, target, node, in_shape)
+                values[name] = builder.linear_layer(name, conv, values[args[0].name], in_shape)
             elif target == "size":
                 continue
             else:
@@ -343,6 +348,38 @@ def to_nir(snn: SpikingNetwork):
     }
     graph = nir.NIRGraph(builder.nodes, builder.edges, metadata=metadata)
     return graph, builder.notes
+
+
+def _selection_conv(name: str, target: str, node: fx.Node, in_shape) -> nn.Conv2d:
+    """ResNet "option A" shortcuts as a 1x1 Conv2d without bias: ``x[:, :, ::s, ::s]`` is a
+    stride-s identity, ``F.pad`` of channels only maps channel c to c + front (zeros elsewhere)."""
+    channels = in_shape[0]
+    if target == "operator.getitem":
+        index = node.args[1]
+        full = slice(None, None, None)
+        if not (
+            isinstance(index, tuple)
+            and len(index) == 4
+            and index[:2] == (full, full)
+            and all(
+                isinstance(i, slice) and i.start in (None, 0) and i.stop is None for i in index[2:]
+            )
+        ):
+            raise _fail(name, f"indexing {index} (only x[:, :, ::s, ::s] has a NIR form)")
+        stride = tuple(i.step or 1 for i in index[2:])
+        conv = nn.Conv2d(channels, channels, 1, stride=stride, bias=False)
+        conv.weight.data = torch.eye(channels)[:, :, None, None]
+        return conv
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    if mode != "constant" or value not in (None, 0) or len(pad) != 6 or any(pad[:4]):
+        raise _fail(name, f"padding {tuple(pad)} (only zero padding of channels has a NIR form)")
+    front, back = pad[4], pad[5]
+    conv = nn.Conv2d(channels, channels + front + back, 1, bias=False)
+    conv.weight.data = torch.zeros(channels + front + back, channels, 1, 1)
+    conv.weight.data[front : front + channels, :, 0, 0] = torch.eye(channels)
+    return conv
 
 
 def _global_pool(builder: _Builder, name: str, size, terms, in_shape) -> list:
