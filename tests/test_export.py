@@ -11,7 +11,7 @@ from torch import nn
 from convertsnn import convert, load_snn, save_snn
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
-from convertsnn.export.consumers import compare, convertsnn_reference
+from convertsnn.export.consumers import compare, graph_reference
 from convertsnn.export.nir import export_nir, to_nir
 from convertsnn.export.nir_import import from_nir, read_nir
 from convertsnn.export.onnx import export_onnx, onnx_logits
@@ -78,8 +78,8 @@ def test_onnx_refuses_stochastic_coding(snn, tmp_path):
 
 
 def test_nir_round_trip_through_convertsnn_is_exact(snn, images, tmp_path):
-    path, notes = export_nir(snn, tmp_path / "m.nir")
-    assert any("v_init" in note for note in notes)
+    path, notes = export_nir(snn, tmp_path / "m.nir", v_init="drop")
+    assert any("v_init=[0.5] x threshold dropped" in note for note in notes)
     back = read_nir(path)
     save_snn(back, tmp_path / "back.safetensors")
     back = load_snn(tmp_path / "back.safetensors")
@@ -96,6 +96,17 @@ def test_nir_graph_has_binary_neurons_and_folded_thresholds(snn):
     assert isinstance(first, nir.Conv2d)  # the normalisation
     np.testing.assert_allclose(np.diag(first.weight[:, :, 0, 0]), 4.0)  # 1 / std
     assert graph.metadata["convertsnn.reset"] == "subtract"
+
+
+def test_nir_v_init_spread_over_the_steps_as_bias(snn):
+    dropped, _ = to_nir(snn, v_init="drop")
+    folded, notes = to_nir(snn, v_init="bias")
+    assert any("folded into the biases" in note for note in notes)
+    assert folded.metadata["convertsnn.v_init"] == "0.0"
+    theta = float(snn.body.get_submodule("act_relu").threshold)  # first neuron, fed by conv1
+    feeding = next(s for s, d in folded.edges if d == "act_relu")
+    added = folded.nodes[feeding].bias - dropped.nodes[feeding].bias
+    np.testing.assert_allclose(added, 0.5 * theta / snn.timesteps, rtol=1e-5)
 
 
 def test_nir_lif_zero_reset_round_trip(tiny_resnet, images):
@@ -117,7 +128,7 @@ def test_sinabs_runs_the_exported_graph_like_convertsnn(model, snn, images, mnis
     if model == "mnist":
         snn, images = mnist_snn, mnist_images
     graph, _ = to_nir(snn)
-    result = compare(convertsnn_reference(snn, images), run_sinabs(graph, images, snn.timesteps))
+    result = compare(graph_reference(graph, images), run_sinabs(graph, images, snn.timesteps))
     assert result["max_abs_logit_diff"] <= 1e-4
     assert result["max_rel_spike_count_diff"] == 0
     assert all(layer["convertsnn"] > 0 for layer in result["layers"].values())
@@ -161,11 +172,13 @@ def test_cli_export_checks_onnx_and_nir_on_real_images(tmp_path, mnist_sample):
                    tmp_path / "m.onnx", "-T", "2", "--check", mnist_sample,
                    "--check-images", "8")  # fmt: skip
     assert onnx.exit_code == 0, onnx.output
-    assert "onnxruntime vs convertsnn on 8 images" in onnx.output
+    assert "onnxruntime vs convertsnn on 8 images: max |logit diff|" in onnx.output
+    assert "100.0% of images within 0.0001" in onnx.output
     exported = run_cli("export", "zoo:mnist_cnn_pgd_snn_t8", "--format", "nir", "-o",
                        tmp_path / "m.nir", "--check", mnist_sample, "--check-images", "8")  # fmt: skip
     assert exported.exit_code == 0, exported.output
-    assert "read back by convertsnn on 8 images: max |logit diff|" in exported.output
+    assert "read back by convertsnn vs the model on 8 images" in exported.output
+    assert "Sinabs vs convertsnn running the NIR graph: max |logit diff|" in exported.output
     imported = run_cli("import", tmp_path / "m.nir", "-o", tmp_path / "back.safetensors")
     assert imported.exit_code == 0, imported.output
     assert "3 spiking layers, T=8" in imported.output

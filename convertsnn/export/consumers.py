@@ -5,8 +5,9 @@ Sinabs (SynSense, ``pip install sinabs``) loads the graph with its own NIR impor
 with two defaults that differ from convertsnn and are switched off after loading (the only
 changes made to the imported model): ``MultiSpike`` (several spikes per step when the membrane
 exceeds several thresholds) becomes ``SingleSpike``, and the lower bound ``min_v_mem = -theta``
-on the membrane is removed. Sinabs starts every membrane at 0, so convertsnn is run with
-``v_init = 0`` for the comparison (NIR carries no initial state).
+on the membrane is removed. Both simulators run the same NIR graph: convertsnn through
+:func:`~convertsnn.export.nir_import.from_nir`, with every membrane starting at 0 as in Sinabs
+(NIR carries no initial state).
 
 Sinabs loads graphs through nirtorch's ``load``, whose executor runs the nodes in depth-first
 order from the input; at a residual sum this can run the sum before one of its inputs, which is
@@ -24,6 +25,13 @@ import torch
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.neurons import IFNeuron
+
+
+def graph_reference(graph, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """convertsnn running the NIR ``graph`` (membranes from 0): logits and spikes per layer."""
+    from convertsnn.export.nir_import import from_nir
+
+    return convertsnn_reference(from_nir(graph), images, zero_v_init=True)
 
 
 def convertsnn_reference(

@@ -20,7 +20,8 @@ sums (residual adds) are several edges into one node. How each feature is carrie
   snnTorch's import convention): ``tau = DT / (1 - leak)`` and ``r = tau / DT`` so that one
   Euler step of ``tau dv/dt = -v + r I`` is ``v <- leak * v + I``;
 - initial membrane ``v_init * theta``: NIR nodes carry no initial state; it is dropped (consumers
-  start at 0) and ``v_init`` is written to the graph metadata; the export says so;
+  start at 0) and ``v_init`` is written to the graph metadata, or with ``v_init="bias"`` spread
+  over the T steps as extra bias ``v_init * theta / T`` (approximate); the export says which;
 - ResNet "option A" shortcuts (``x[:, :, ::2, ::2]`` and zero padding of channels): 1x1
   Conv2d nodes that select channels (exact);
 - spiking max-pool, DLIF input gains, concatenation and other functions: refused, naming the layer.
@@ -66,9 +67,14 @@ class _Builder:
     value convertsnn computes. Scales are folded into the next weights or materialised.
     """
 
-    def __init__(self, body: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(
+        self, body: fx.GraphModule, shapes: dict[str, tuple[int, ...]], v_init: str, steps: int
+    ) -> None:
         self.body = body
         self.shapes = shapes
+        self.v_init = v_init
+        self.steps = steps
+        self.users = {node.name: len(node.users) for node in body.graph.nodes}
         self.nodes: dict = {}
         self.edges: list[tuple[str, str]] = []
         self.notes: list[str] = []
@@ -149,7 +155,7 @@ class _Builder:
         node = _channel_conv(weight, bias.float().expand(channels), in_shape)
         return [(self.add(name, node, sources), torch.ones(()))]
 
-    def neuron(self, name: str, module: IFNeuron, terms, shape) -> list:
+    def neuron(self, name: str, module: IFNeuron, terms, shape, input_node: fx.Node) -> list:
         import nir
 
         if isinstance(module, DLIFNeuron):
@@ -173,8 +179,28 @@ class _Builder:
                 v_threshold=threshold,
                 v_reset=np.zeros(shape, np.float32),
             )
+        if self.v_init == "bias" and module.v_init:
+            self.fold_v_init(name, sources, module.v_init * theta / self.steps, input_node)
         self.add(name, node, sources)
         return [(name, theta)]
+
+    def fold_v_init(self, name: str, sources: list[str], charge: torch.Tensor, input_node) -> None:
+        """Add the initial charge ``v_init * theta``, spread over the T steps, to the bias of a
+        Conv2d/Affine node that feeds only this neuron."""
+        import nir
+
+        owned = [
+            s
+            for s in sources
+            if isinstance(self.nodes[s], (nir.Conv2d, nir.Affine))
+            and self.users.get(s) == 1
+            and self.users.get(input_node.name) == 1
+        ]
+        if not owned:
+            raise _fail(name, "no Conv2d/Affine of its own feeds it, so --v-init bias has no bias "
+                        "to fold into; use --v-init drop")  # fmt: skip
+        node = self.nodes[owned[0]]
+        node.bias = node.bias + _array(charge.expand(node.bias.shape[0]))
 
     def pool(self, name: str, kernel, stride, padding, terms, in_shape) -> list:
         import nir
@@ -246,9 +272,20 @@ def _node_shapes(snn: SpikingNetwork) -> tuple[fx.GraphModule, dict[str, tuple[i
     return body, shapes
 
 
-def to_nir(snn: SpikingNetwork):
-    """The NIR graph of ``snn`` (see the module doc for how each feature is mapped)."""
+V_INIT_MODES = ("drop", "bias")
+
+
+def to_nir(snn: SpikingNetwork, v_init: str = "bias"):
+    """The NIR graph of ``snn`` and notes on what was mapped (see the module doc).
+
+    ``v_init``: ``"drop"`` starts every membrane at 0 (NIR has no initial state); ``"bias"``
+    adds ``v_init * theta / T`` to the bias of the layer feeding each neuron instead: the same
+    total charge over the model's T steps, spread evenly (an approximation tied to T).
+    """
     import nir
+
+    if v_init not in V_INIT_MODES:
+        raise ConvertSNNError(f"unknown v_init mode '{v_init}'; use drop or bias")
 
     if snn.encoder.stochastic:
         raise ConvertSNNError(
@@ -256,10 +293,10 @@ def to_nir(snn: SpikingNetwork):
             "supports direct coding only"
         )
     body, shapes = _node_shapes(snn)
-    builder = _Builder(body, shapes)
+    builder = _Builder(body, shapes, v_init, snn.timesteps)
     values: dict[str, list] = {}
     reset = set()
-    v_init = set()
+    v_init_values = set()
     for node in body.graph.nodes:
         name = node.name
         args = [a for a in node.args if isinstance(a, fx.Node)]
@@ -285,9 +322,9 @@ def to_nir(snn: SpikingNetwork):
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 values[name] = builder.linear_layer(name, module, terms, in_shape)
             elif isinstance(module, IFNeuron):
-                values[name] = builder.neuron(name, module, terms, shapes[name])
+                values[name] = builder.neuron(name, module, terms, shapes[name], args[0])
                 reset.add(module.reset)
-                v_init.add(module.v_init)
+                v_init_values.add(module.v_init)
             elif isinstance(module, nn.AvgPool2d):
                 if module.ceil_mode or (module.padding and not module.count_include_pad):
                     raise _fail(name, "average pooling with ceil_mode or count_include_pad=False")
@@ -330,9 +367,15 @@ def to_nir(snn: SpikingNetwork):
             builder.add("output", nir.Output(output_type={"output": np.array(out_shape)}), sources)
         else:
             raise _fail(name, f"graph op '{node.op}' (constants inside the graph)")
-    if v_init - {0.0}:
+    if v_init_values - {0.0} and v_init == "bias":
         builder.notes.append(
-            f"initial membrane v_init={sorted(v_init)} x threshold dropped: NIR nodes have no "
+            f"initial membrane v_init={sorted(v_init_values)} x threshold folded into the biases "
+            f"as v_init x threshold / T per step (T={snn.timesteps}; the same charge spread over "
+            "the steps, approximate)"
+        )
+    elif v_init_values - {0.0}:
+        builder.notes.append(
+            f"initial membrane v_init={sorted(v_init_values)} x threshold dropped: NIR nodes have no "
             "initial state (consumers start at 0; `convertsnn import` restores it from the metadata)"
         )
     if "subtract" in reset:
@@ -342,7 +385,10 @@ def to_nir(snn: SpikingNetwork):
         )
     metadata = {
         "convertsnn.reset": ",".join(sorted(reset)),
-        "convertsnn.v_init": ",".join(str(v) for v in sorted(v_init)),
+        "convertsnn.v_init": "0.0"
+        if v_init == "bias"
+        else ",".join(str(v) for v in sorted(v_init_values)),
+        "convertsnn.v_init_mode": v_init,
         "convertsnn.timesteps": snn.timesteps,
         "convertsnn.readout": "mean of the output currents over the time steps",
     }
@@ -389,11 +435,13 @@ def _global_pool(builder: _Builder, name: str, size, terms, in_shape) -> list:
     return builder.pool(name, tuple(in_shape[1:]), tuple(in_shape[1:]), 0, terms, in_shape)
 
 
-def export_nir(snn: SpikingNetwork, path: str | os.PathLike) -> tuple[Path, list[str]]:
+def export_nir(
+    snn: SpikingNetwork, path: str | os.PathLike, v_init: str = "bias"
+) -> tuple[Path, list[str]]:
     """Write ``snn`` as a NIR file (HDF5); returns the path and notes on what was mapped."""
     import nir
 
-    graph, notes = to_nir(snn)
+    graph, notes = to_nir(snn, v_init)
     path = Path(path)
     atomic_write(path, lambda tmp: nir.write(tmp, graph))
     return path, notes

@@ -110,7 +110,9 @@ class _Reader:
         import nir
 
         kind = type(node).__name__
-        safe = "n_" + "".join(c if c.isalnum() else "_" for c in name)
+        safe = "".join(c if c.isalnum() else "_" for c in name)
+        if not safe.isidentifier() or hasattr(nn.Module, safe) or safe in ("input", "output"):
+            safe = f"n_{safe}"
         if isinstance(node, nir.Input):
             self.input_size = tuple(int(v) for v in np.asarray(node.input_type["input"]).tolist())
             self.values[name] = self.fx.placeholder("input")
