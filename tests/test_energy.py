@@ -75,3 +75,14 @@ def test_cli_profile_refuses_data_of_the_wrong_shape_before_running(tmp_path):
     assert "but the model expects (1, 28, 28)" in result.output
     result = run_cli("profile", "zoo:mnist_cnn_pgd_snn_t8", "--data", data, "--e-mac", "x")
     assert_one_line_error(result, "--e-mac 'x' is not a number")
+
+
+def test_evaluate_report_includes_the_profile(tmp_path, mnist_sample):
+    result = run_cli("evaluate", "zoo:mnist_cnn_pgd_snn_t8", "--data", mnist_sample, "--limit",
+                     "8", "-T", "2", "--no-ann", "--report", tmp_path / "rep")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert report.startswith("# Robustness of")
+    assert "## Spikes, operations and energy of zoo:mnist_cnn_pgd_snn_t8" in report
+    assert json.loads((tmp_path / "rep" / "profile.json").read_text())["images"] == 8
+    assert (tmp_path / "rep" / "firing_rates.png").is_file()
