@@ -71,6 +71,19 @@ def test_onnx_spiking_max_pool_matches(images, tmp_path):
         assert (onnx_logits(path, images) - snn(images)).abs().max() <= 1e-4
 
 
+def test_dlif_exports_to_onnx_and_is_refused_by_nir(snn, images, tmp_path):
+    from convertsnn.snn.dlif import to_dlif
+
+    to_dlif(snn)
+    with torch.no_grad():
+        snn.body.get_submodule("act_relu_1").gain.data = torch.tensor([1.5, 0.5, 1.0, 2.0])
+        reference = snn(images)
+    path = export_onnx(snn, tmp_path / "m.onnx")
+    assert (onnx_logits(path, images) - reference).abs().max() <= 1e-4
+    with pytest.raises(ConvertSNNError, match="layer 'act_relu' to NIR: DLIF input gains"):
+        to_nir(snn)
+
+
 def test_onnx_refuses_stochastic_coding(snn, tmp_path):
     snn.encoder = __import__("convertsnn.snn.encoding", fromlist=["x"]).parse_encoder("poisson")
     with pytest.raises(ConvertSNNError, match="stochastic 'poisson' encoder"):

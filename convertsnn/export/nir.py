@@ -47,6 +47,7 @@ from convertsnn.layers import Normalize
 from convertsnn.snn.dlif import DLIFNeuron
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.pooling import SpikingMaxPool2d
 from convertsnn.snn.serialize import atomic_write
 
 DT = 1e-4  # seconds per step, for the LIF time constant (snnTorch's NIR convention)
@@ -158,11 +159,6 @@ class _Builder:
     def neuron(self, name: str, module: IFNeuron, terms, shape, input_node: fx.Node) -> list:
         import nir
 
-        if isinstance(module, DLIFNeuron):
-            raise ConvertSNNError(
-                f"cannot export layer '{name}' to NIR: DLIF input gains per time step have no "
-                "NIR node"
-            )
         sources = [self.materialise(t, shape) for t in terms]
         theta = module.threshold.detach().float().clamp(min=module.min_threshold)
         full = (theta.view(-1, *[1] * (len(shape) - 1)) if theta.dim() else theta).expand(shape)
@@ -254,14 +250,11 @@ def _node_shapes(snn: SpikingNetwork) -> tuple[fx.GraphModule, dict[str, tuple[i
     if not snn.input_size:
         raise ConvertSNNError("the model has no input_size in its metadata; cannot export it")
     body = copy.deepcopy(snn.body).cpu().eval()
-    for module in body.modules():
-        if hasattr(module, "timesteps") and isinstance(module, IFNeuron):
+    for name, module in body.named_modules():
+        if isinstance(module, DLIFNeuron):  # (its gains cannot run at the T=1 used for shapes)
+            raise _fail(name, "DLIF input gains per time step have no NIR node")
+        if isinstance(module, (IFNeuron, SpikingMaxPool2d)):
             module.timesteps = 1
-        if isinstance(module, DLIFNeuron):
-            raise _fail(
-                next(n for n, m in body.named_modules() if m is module),
-                "DLIF input gains per time step have no NIR node",
-            )
     with torch.no_grad():
         ShapeProp(body).propagate(torch.zeros(1, *snn.input_size))
     shapes = {}
