@@ -204,6 +204,18 @@ def main() -> None:
     print(text)
 
 
+def packages() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "onnxruntime", "nir", "nirtorch", "sinabs", "syops"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
+
+
 def markdown(results: list[dict], args) -> str:
     onnx = format_table(
         ["model", "T", "export s", "KiB", "max abs diff vs convertsnn", "images within 1e-4 %",
@@ -247,7 +259,7 @@ def markdown(results: list[dict], args) -> str:
         f"../shared/data --resnet20 resnet20_snn.safetensors` ({args.images} test images per "
         "model; the ResNet-20 SNN converted as in the script's doc). Timings are the median of "
         "3 runs on one thread of a 2-core machine shared with other jobs: noisy, compare only "
-        "within a row.",
+        "within a row. Packages: " + packages() + ".",
         "",
         "## ONNX (unrolled over T, onnxruntime 1 thread vs convertsnn 1 thread, all images at once)",
         "",
@@ -285,10 +297,13 @@ def markdown(results: list[dict], args) -> str:
                 "firing rate of its input, when the input is binary; otherwise it counts dense "
                 "MACs. Ours count every non-zero input times the outputs it reaches (padding "
                 "borders exact, no bias). Counts per image over T steps on the binary-spike model "
-                "read back from the NIR file. For a 3x3 conv with padding 1 on an 8x8 map, whole "
-                "kernels make 24^2 = 576 taps per channel pair where 22^2 = 484 are inside the "
-                "map (ratio 1.19); stride 2 on 16x16 gives 576 / 23^2 = 1.09; Linear layers "
-                "have no borders. The MAC rows (analog input) differ by the bias additions."
+                "read back from the NIR file. The differences are syops' approximations: whole "
+                "kernels at padding borders (a 3x3 conv with padding 1 on an 8x8 map has "
+                "22^2 = 484 of 24^2 = 576 taps inside the map: ratio 1.19), bias additions "
+                "(1 / (in_channels * k * k) more: 1.0625 for the 16-channel 1x1 conv "
+                "`act_relu_2_scaled`), and one firing rate for all input positions where a "
+                "strided conv reads only some. Linear layers agree exactly. The MAC rows "
+                "(analog input) differ by the bias additions."
             )
             out += [
                 "",
