@@ -147,6 +147,31 @@ def test_sinabs_runs_the_exported_graph_like_convertsnn(model, snn, images, mnis
     assert all(layer["convertsnn"] > 0 for layer in result["layers"].values())
 
 
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_import_of_a_graph_written_by_sinabs(reset):
+    sinabs = pytest.importorskip("sinabs")
+    import sinabs.activation as sa
+    import sinabs.layers as sl
+    from sinabs.nir import to_nir as sinabs_to_nir
+
+    torch.manual_seed(0)
+    steps, batch = 6, 4
+    reset_fn = sa.MembraneReset() if reset == "zero" else sa.MembraneSubtract()
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        sl.IAFSqueeze(batch_size=batch, min_v_mem=None, spike_fn=sa.SingleSpike, reset_fn=reset_fn),
+        sl.SumPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
+    ).eval()  # fmt: skip
+    images = torch.rand(batch, 2, 8, 8) * 2
+    sequence = images.unsqueeze(1).expand(batch, steps, 2, 8, 8).flatten(0, 1)
+    graph = sinabs_to_nir(model, sequence)
+    sinabs.reset_states(model)
+    with torch.no_grad():
+        expected = model(sequence).view(batch, steps, -1).mean(1)
+        snn = from_nir(graph, steps, reset=None if reset == "zero" else "subtract")
+        assert torch.allclose(snn(images), expected, atol=1e-5)
+
+
 def test_nir_refuses_spiking_max_pool_naming_the_layer(images, tmp_path):
     snn = convert(_pool_net(nn.MaxPool2d(2)), [(images, None)], timesteps=4, calibration="max")
     snn.metadata["input_size"] = [3, 12, 12]

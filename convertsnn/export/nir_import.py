@@ -71,13 +71,13 @@ def _uniform(name: str, what: str, value) -> float:
 
 
 class _Reader:
-    def __init__(self, graph) -> None:
+    def __init__(self, graph, reset: str | None) -> None:
         self.graph = graph
         self.root = nn.Module()
         self.fx = fx.Graph()
         self.values: dict[str, fx.Node] = {}
         metadata = dict(getattr(graph, "metadata", None) or {})
-        self.reset = str(metadata.get("convertsnn.reset", "zero")) or "zero"
+        self.reset = reset or str(metadata.get("convertsnn.reset", "zero")) or "zero"
         if self.reset not in ("zero", "subtract"):
             raise ConvertSNNError(f"NIR graph metadata: unknown convertsnn.reset '{self.reset}'")
         self.v_init = float(str(metadata.get("convertsnn.v_init", "0")).split(",")[0] or 0)
@@ -194,13 +194,17 @@ class _Reader:
         return self.fx.call_function(operator.mul, (out, self.constant(inverse)))
 
 
-def from_nir(graph, timesteps: int | None = None, source: str = "nir") -> SpikingNetwork:
-    """A SpikingNetwork computing what the NIR ``graph`` describes (see the module doc)."""
+def from_nir(
+    graph, timesteps: int | None = None, source: str = "nir", reset: str | None = None
+) -> SpikingNetwork:
+    """A SpikingNetwork computing what the NIR ``graph`` describes (see the module doc);
+    ``reset`` (``"zero"`` or ``"subtract"``) overrides the reset of every neuron (e.g. for
+    Sinabs files, whose IF neurons reset by subtraction although NIR's IF resets to zero)."""
     import nir
 
     if not isinstance(graph, nir.NIRGraph):
         raise ConvertSNNError(f"expected a NIR graph, got a single {type(graph).__name__} node")
-    reader = _Reader(graph)
+    reader = _Reader(graph, reset)
     for name in _topological(list(graph.nodes), list(graph.edges)):
         reader.node(name, graph.nodes[name])
     if reader.input_size is None:
@@ -213,7 +217,9 @@ def from_nir(graph, timesteps: int | None = None, source: str = "nir") -> Spikin
     return SpikingNetwork(body, steps, "direct", metadata).eval()
 
 
-def read_nir(path: str | os.PathLike, timesteps: int | None = None) -> SpikingNetwork:
+def read_nir(
+    path: str | os.PathLike, timesteps: int | None = None, reset: str | None = None
+) -> SpikingNetwork:
     """Load a NIR file (HDF5) as a SpikingNetwork, with one-line errors for unreadable files."""
     import nir
 
@@ -225,4 +231,4 @@ def read_nir(path: str | os.PathLike, timesteps: int | None = None) -> SpikingNe
     except (OSError, KeyError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConvertSNNError(f"{path} is not a readable NIR file ({first})") from None
-    return from_nir(graph, timesteps, source=f"nir:{path.name}")
+    return from_nir(graph, timesteps, source=f"nir:{path.name}", reset=reset)
