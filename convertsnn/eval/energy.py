@@ -229,7 +229,9 @@ def profile_snn(
                 settle += float(first.sum())
                 settled += int((first < steps).sum())
                 if labels is not None:
-                    correct += int((final.cpu() == labels[start : start + batch_size]).sum())
+                    correct += int(
+                        (final == labels[start : start + batch_size].to(final.device)).sum()
+                    )
     finally:
         for hook in hooks:
             hook.remove()
