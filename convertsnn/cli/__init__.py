@@ -18,8 +18,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ConvertSNNError as err:
-            raise click.ClickException(str(err)) from None
+        except ConvertSNNError as err:  # one line, even if it quotes user text with newlines
+            raise click.ClickException(" ".join(str(err).split())) from None
         except click.UsageError as err:  # a bad option or command: one line, not the usage text
             where = f"{err.ctx.command_path if err.ctx else 'convertsnn'} --help"
             hint = "" if "--help" in err.format_message() else f" (see `{where}`)"

@@ -9,7 +9,8 @@ import click
 
 from convertsnn.cli.images import model_images
 from convertsnn.errors import ConvertSNNError
-from convertsnn.snn.serialize import load_snn
+from convertsnn.snn.network import check_timesteps
+from convertsnn.snn.serialize import check_writable, load_snn
 from convertsnn.zoo import resolve_model_file
 
 TOLERANCE = 1e-4  # largest logit difference counted as agreement
@@ -50,10 +51,13 @@ MIN_AGREEING = 0.99
 @click.option("--data-dir", type=click.Path(), help="Where torchvision datasets are stored.")
 def command(model_file, fmt, out, timesteps, check_data, check_images, v_init, data_dir) -> None:
     """Export the SNN in MODEL_FILE (or zoo:NAME) as ONNX or NIR (docs/export.md)."""
-    if timesteps is not None and timesteps < 1:
-        raise ConvertSNNError(f"--timesteps must be at least 1, got {timesteps}")
+    if timesteps is not None:
+        check_timesteps(timesteps, "--timesteps")
+    if check_images < 1:
+        raise ConvertSNNError(f"--check-images must be at least 1, got {check_images}")
     if timesteps is not None and fmt == "nir":
         raise ConvertSNNError("--timesteps is for ONNX; a NIR graph does not fix the steps")
+    check_writable(out)
     snn = load_snn(resolve_model_file(model_file))
     images = labels = None
     if check_data:  # check the data before the export, so bad data fails fast

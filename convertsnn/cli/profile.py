@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from convertsnn.cli.images import model_images
 from convertsnn.cli.options import device_option, parse_number, resolve_device
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.energy import E_AC_PJ, E_MAC_PJ
-from convertsnn.snn.serialize import load_snn
+from convertsnn.snn.serialize import check_writable, load_snn
 from convertsnn.zoo import resolve_model_file
 
 
@@ -49,6 +51,13 @@ def command(
     e_mac_pj, e_ac_pj = parse_number(e_mac, "--e-mac"), parse_number(e_ac, "--e-ac")
     if batch_size < 1:
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
+    if e_mac_pj <= 0 or e_ac_pj <= 0:
+        raise ConvertSNNError(
+            f"--e-mac and --e-ac must be positive energies in pJ, got {e_mac}, {e_ac}"
+        )
+    for path in (out, report and Path(report) / "profile.md"):
+        if path:
+            check_writable(path)
     snn = load_snn(resolve_model_file(model_file), resolve_device(device))
     if timesteps is not None:
         snn.timesteps = timesteps

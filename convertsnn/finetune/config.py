@@ -158,7 +158,7 @@ class RunConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConvertSNNError(
-                f"unknown setting '{unknown[0]}' in {where}; known: {', '.join(sorted(names))}"
+                f"unknown setting {unknown[0]!r} in {where}; known: {', '.join(sorted(names))}"
             )
         return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
