@@ -201,32 +201,48 @@ class _IFDynamics(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         membrane, spikes, theta = ctx.saved_tensors
-        leak, reset_zero, v_init, surrogate = ctx.settings
-        need_theta = ctx.needs_input_grad[1]
-        reduce = (lambda g: g.sum_to_size(theta.shape)) if theta.dim() else (lambda g: g.sum())
-        grad_in = torch.empty_like(membrane)
-        grad_theta = []
-        gu = torch.zeros_like(membrane[0])
-        for t in range(len(membrane) - 1, -1, -1):
-            h, go, spike = membrane[t], grad_out[t], spikes[t]
-            sg = surrogate.derivative(h - theta)
-            if reset_zero:
-                gs = go * theta - gu * h
-                gssg = gs * sg
-                gh = torch.add(gu.masked_fill(spike, 0.0), gssg, out=grad_in[t])
-                if need_theta:
-                    grad_theta.append(reduce(go * spike - gssg))
-            else:
-                d = go - gu
-                gssg = torch.mul(d, theta).mul_(sg)
-                gh = torch.add(gu, gssg, out=grad_in[t])
-                if need_theta:
-                    grad_theta.append(reduce(d.mul_(spike).sub_(gssg)))
-            gu = gh if leak == 1.0 else gh * leak
-        if not need_theta:
-            return grad_in, None, None, None, None, None
-        total = torch.stack(grad_theta).sum(0) + reduce(v_init * gu)
-        return grad_in, total, None, None, None, None
+        grad_in, grad_theta = backprop_through_time(
+            grad_out, membrane, spikes, theta, *ctx.settings, ctx.needs_input_grad[1]
+        )
+        return grad_in, grad_theta, None, None, None, None
+
+
+def backprop_through_time(
+    grad_out: torch.Tensor,
+    membrane: torch.Tensor,
+    spikes: torch.Tensor,
+    theta: torch.Tensor,
+    leak: float,
+    reset_zero: bool,
+    v_init: float,
+    surrogate: Surrogate,
+    need_theta: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The backward pass of :class:`_IFDynamics`: gradients of the input currents and (when
+    ``need_theta``) of the threshold, from the output gradient and what the forward kept."""
+    reduce = (lambda g: g.sum_to_size(theta.shape)) if theta.dim() else (lambda g: g.sum())
+    grad_in = torch.empty_like(membrane)
+    grad_theta = []
+    gu = torch.zeros_like(membrane[0])
+    for t in range(len(membrane) - 1, -1, -1):
+        h, go, spike = membrane[t], grad_out[t], spikes[t]
+        sg = surrogate.derivative(h - theta)
+        if reset_zero:
+            gs = go * theta - gu * h
+            gssg = gs * sg
+            gh = torch.add(gu.masked_fill(spike, 0.0), gssg, out=grad_in[t])
+            if need_theta:
+                grad_theta.append(reduce(go * spike - gssg))
+        else:
+            d = go - gu
+            gssg = torch.mul(d, theta).mul_(sg)
+            gh = torch.add(gu, gssg, out=grad_in[t])
+            if need_theta:
+                grad_theta.append(reduce(d.mul_(spike).sub_(gssg)))
+        gu = gh if leak == 1.0 else gh * leak
+    if not need_theta:
+        return grad_in, None
+    return grad_in, torch.stack(grad_theta).sum(0) + reduce(v_init * gu)
 
 
 class _RateBackprop(torch.autograd.Function):
