@@ -17,6 +17,7 @@ from convertsnn.cli.options import write_json_out
 from convertsnn.finetune import FinetuneConfig, FitResult, RunConfig, finetune, load_recipe
 from convertsnn.finetune.config import (
     AUGMENTATIONS,
+    MEMORY_CHOICES,
     NEURON_CHOICES,
     OPTIMIZERS,
     PARAMETER_SETS,
@@ -145,6 +146,12 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
     "--surrogate-scale", type=str,
     help="threshold: surrogate on (u - theta) / theta while training (stable BPTT); absolute: on "
     f"u - theta{_default(FinetuneConfig, 'surrogate_scale')}.",
+)  # fmt: skip
+@click.option(
+    "--memory", type=str,
+    help=f"{' or '.join(MEMORY_CHOICES)}: checkpoint keeps only each spiking layer's input for "
+    "BPTT and recomputes the layer in the backward pass (less memory, about one more forward "
+    f"pass per step, same gradients){_default(FinetuneConfig, 'memory')}.",
 )  # fmt: skip
 @click.option(
     "--train", "train", type=str,

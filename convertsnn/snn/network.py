@@ -22,10 +22,13 @@ import torch
 from torch import nn
 
 from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.checkpointing import checkpointed_body
 from convertsnn.snn.encoding import Encoder, parse_encoder
 from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
 from convertsnn.snn.pooling import SpikingMaxPool2d
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
+
+MEMORY_MODES = ("full", "checkpoint")
 
 
 class SpikingNetwork(nn.Module):
@@ -52,6 +55,7 @@ class SpikingNetwork(nn.Module):
         self.encoder = parse_encoder(encoder)
         self.metadata = dict(metadata or {})
         self.timesteps = timesteps
+        self.__dict__["_checkpointed"] = None  # not a submodule: it shares the body's modules
 
     @property
     def timesteps(self) -> int:
@@ -89,12 +93,31 @@ class SpikingNetwork(nn.Module):
             if isinstance(module, (IFNeuron, SpikingMaxPool2d)):
                 module.timesteps = steps
         seq = self.encoder(x, steps)
-        out = self.body(seq.flatten(0, 1))
+        checkpointed = self.__dict__["_checkpointed"]
+        body = checkpointed if checkpointed is not None and torch.is_grad_enabled() else self.body
+        out = body(seq.flatten(0, 1))
         return out.view(steps, x.shape[0], *out.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean logits over time, ``[B, K]``."""
         return self.forward_sequence(x).mean(0)
+
+    @property
+    def memory(self) -> str:
+        """``"full"``: a BPTT pass keeps every activation; ``"checkpoint"``: one segment per
+        spiking layer keeps only its inputs and is recomputed in the backward pass (see
+        :mod:`convertsnn.snn.checkpointing`). Set it again after replacing body modules."""
+        return "full" if self.__dict__["_checkpointed"] is None else "checkpoint"
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        if value not in MEMORY_MODES:
+            raise ConvertSNNError(
+                f"unknown memory mode '{value}'; choose one of {', '.join(MEMORY_MODES)}"
+            )
+        self.__dict__["_checkpointed"] = (
+            checkpointed_body(self.body) if value == "checkpoint" else None
+        )
 
     @property
     def gradient_mode(self) -> str:
