@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +8,7 @@ from convertsnn import convert
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.checkpointing import checkpointed_body
 from convertsnn.snn.network import SpikingNetwork
+from convertsnn.snn.neurons import IFNeuron
 
 
 def _gradients(snn: SpikingNetwork, images: torch.Tensor, labels: torch.Tensor):
@@ -39,10 +42,15 @@ def test_checkpointing_gives_the_same_outputs_and_gradients(tiny_resnet, images,
     assert snn.memory == "full"
 
 
-def test_one_segment_per_spiking_layer(tiny_resnet, images):
+def test_segments_hold_about_sqrt_n_spiking_layers(tiny_resnet, images):
     snn = convert(tiny_resnet, [(images, None)], timesteps=2, calibration="max")
+    neurons = len(list(snn.neurons()))
+    per_segment = math.ceil(math.sqrt(neurons))
     segments = list(checkpointed_body(snn.body).children())
-    assert len(segments) == len(list(snn.neurons())) + 1  # the readout after the last neuron
+    # full segments, then one with the remaining neurons and/or the readout
+    assert len(segments) == neurons // per_segment + 1
+    counts = [sum(isinstance(m, IFNeuron) for m in s.modules()) for s in segments]
+    assert counts[:-1] == [per_segment] * (len(segments) - 1) and sum(counts) == neurons
 
 
 def test_bad_memory_settings_are_rejected(tiny_resnet, images):

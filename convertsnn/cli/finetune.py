@@ -149,8 +149,8 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 )  # fmt: skip
 @click.option(
     "--memory", type=str,
-    help=f"{' or '.join(MEMORY_CHOICES)}: checkpoint keeps only each spiking layer's input for "
-    "BPTT and recomputes the layer in the backward pass (less memory, about one more forward "
+    help=f"{' or '.join(MEMORY_CHOICES)}: checkpoint keeps only the inputs of segments of "
+    "about sqrt(N) spiking layers for BPTT and recomputes them in the backward pass (less memory, about one more forward "
     f"pass per step, same gradients){_default(FinetuneConfig, 'memory')}.",
 )  # fmt: skip
 @click.option(

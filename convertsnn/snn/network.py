@@ -104,8 +104,8 @@ class SpikingNetwork(nn.Module):
 
     @property
     def memory(self) -> str:
-        """``"full"``: a BPTT pass keeps every activation; ``"checkpoint"``: one segment per
-        spiking layer keeps only its inputs and is recomputed in the backward pass (see
+        """``"full"``: a BPTT pass keeps every activation; ``"checkpoint"``: segments of about
+        sqrt(N) spiking layers keep only their inputs and are recomputed in the backward pass (see
         :mod:`convertsnn.snn.checkpointing`). Set it again after replacing body modules."""
         return "full" if self.__dict__["_checkpointed"] is None else "checkpoint"
 
