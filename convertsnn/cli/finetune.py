@@ -150,8 +150,9 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.option(
     "--memory", type=str,
     help=f"{' or '.join(MEMORY_CHOICES)}: checkpoint keeps only the inputs of segments of "
-    "about sqrt(N) spiking layers for BPTT and recomputes them in the backward pass (less memory, about one more forward "
-    f"pass per step, same gradients){_default(FinetuneConfig, 'memory')}.",
+    "about sqrt(N) spiking layers for BPTT and recomputes them in the backward pass (less "
+    f"memory, about one more forward pass per step, same gradients)"
+    f"{_default(FinetuneConfig, 'memory')}.",
 )  # fmt: skip
 @click.option(
     "--train", "train", type=str,
