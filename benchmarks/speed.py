@@ -20,7 +20,8 @@ Then, unless ``--no-costs``: the peak memory of one BPTT step per T (``--memory-
 the largest batch; ANN at the batch and at T x batch, SNN with ``memory`` full and checkpoint;
 each in a fresh process: CUDA's peak allocation, or on CPU the peak resident memory with glibc
 told to give freed blocks back), the conversion time, the wall time of ``convertsnn --help``,
-and the time of one ``quick`` suite run against one PGD-20 run on ``--suite-images`` images.
+and the time of one ``quick`` suite run against one PGD-20 run on ``--suite-images`` correctly
+classified images at ``--suite-eps``.
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --timesteps 1,2,4,8,16,32 \
         --batch 16,64
@@ -50,6 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from convertsnn import convert
+from convertsnn.allocator import keep_freed_memory
 from convertsnn.attacks import PGD
 from convertsnn.attacks.base import frozen_parameters
 from convertsnn.data import load_dataset
@@ -281,16 +283,23 @@ def costs(args, snn: SpikingNetwork, device: torch.device) -> dict:
         subprocess.run([sys.executable, "-m", "convertsnn", "--help"], capture_output=True,
                        check=True)  # fmt: skip
         help_seconds.append(time.perf_counter() - start)
-    x, y = inputs(args, args.suite_images, device)
     snn.timesteps = 8
+    x, y = inputs(args, 8 * args.suite_images, device)
+    with torch.no_grad():
+        correct = snn(x).argmax(1) == y
+    x, y = x[correct][: args.suite_images], y[correct][: args.suite_images]
+    eps = args.suite_eps
     start = time.perf_counter()
-    run_suite("quick", snn, x, y, 8 / 255, progress=False)
+    suite = run_suite("quick", snn, x, y, eps, progress=False)
     suite_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    PGD(snn, 8 / 255, steps=20)(x, y)
+    attack = PGD(snn, eps, steps=20)
+    pgd_robust = float((attack.predict(attack(x, y)) == y).float().mean())
     pgd_seconds = time.perf_counter() - start
-    return {"memory": memory, "help_seconds": help_seconds, "suite_images": args.suite_images,
-            "quick_suite_seconds": suite_seconds, "pgd20_seconds": pgd_seconds}  # fmt: skip
+    return {"memory": memory, "help_seconds": help_seconds, "suite_images": len(y),
+            "suite_eps": eps, "quick_suite_seconds": suite_seconds,
+            "quick_suite_robust": suite.robust,
+            "pgd20_seconds": pgd_seconds, "pgd20_robust": pgd_robust}  # fmt: skip
 
 
 def device_name(device: torch.device) -> str:
@@ -310,7 +319,9 @@ def markdown(result: dict) -> str:
         f"converted with `{result['config']['calibration']}`; ANN = the same network in `ann` "
         f"mode (BN folded, one step); inputs: {result['config']['inputs']} CIFAR-10 images of "
         f"`{result['config']['data']}`. {result['config']['rounds']} interleaved rounds after a "
-        f"warm-up round, {result['config']['repeats']} calls per timing. Ratio = SNN time / "
+        f"warm-up round, {result['config']['repeats']} calls per timing"
+        f"{'; glibc keeps freed memory' if result['config']['keep_freed_memory'] else ''}. "
+        "Ratio = SNN time / "
         "ANN time (median [min-max] over rounds); the dense limit is T.",
         "",
         "| T | batch | workload | ANN ms | SNN ms | SNN / ANN | SNN / (T x ANN) |"
@@ -337,9 +348,12 @@ def markdown(result: dict) -> str:
         lines += [
             f"`convertsnn --help` wall time: median {statistics.median(help_s):.2f} s "
             f"[{min(help_s):.2f}-{max(help_s):.2f}] over {len(help_s)} runs.",
-            f"One `quick` suite run on {costs['suite_images']} images at T=8, eps 8/255: "
-            f"{costs['quick_suite_seconds']:.1f} s; one PGD-20 run: {costs['pgd20_seconds']:.1f} s "
-            f"(ratio {costs['quick_suite_seconds'] / costs['pgd20_seconds']:.1f}).",
+            f"One `quick` suite run on {costs['suite_images']} correctly classified test images at "
+            f"T=8, eps {255 * costs['suite_eps']:.3g}/255: {costs['quick_suite_seconds']:.1f} s "
+            f"(robust accuracy {costs['quick_suite_robust']:.1%}); one PGD-20 run: "
+            f"{costs['pgd20_seconds']:.1f} s ({costs['pgd20_robust']:.1%}); ratio "
+            f"{costs['quick_suite_seconds'] / costs['pgd20_seconds']:.1f}. The suite attacks only "
+            "the images still robust, so its cost depends on the model's robustness.",
             "",
             "Peak memory of one BPTT step (MB; forward, loss, backward), each in a fresh process: "
             "ANN at the batch and at T x batch (folded), SNN keeping everything (`full`) and with "
@@ -378,7 +392,11 @@ def main() -> None:
     parser.add_argument("--no-costs", action="store_true",
                         help="skip memory, conversion, --help and suite costs")  # fmt: skip
     parser.add_argument("--memory-timesteps", default="1,2,4,8,16,32")
-    parser.add_argument("--suite-images", type=int, default=16)
+    parser.add_argument("--suite-images", type=int, default=16,
+                        help="correctly classified test images for the suite-cost run")  # fmt: skip
+    parser.add_argument("--suite-eps", type=float, default=1 / 255)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory, as the command line sets it")  # fmt: skip
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one probe
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed")
     args = parser.parse_args()
@@ -386,6 +404,8 @@ def main() -> None:
         print(memory_probe(*json.loads(args.memory_probe)))
         return
     args.memory_timesteps = [int(t) for t in args.memory_timesteps.split(",")]
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc (and no MALLOC_*_ variables set)")
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     args.batch = [int(b) for b in args.batch.split(",")]
     if args.threads:

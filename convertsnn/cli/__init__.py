@@ -14,6 +14,7 @@ import click
 from click.utils import make_default_short_help
 
 from convertsnn import __version__
+from convertsnn.allocator import keep_freed_memory
 from convertsnn.errors import ConvertSNNError
 
 # name: (module holding ``command``, its short help as `convertsnn --help` lists it; a test
@@ -89,3 +90,4 @@ def main() -> None:
 
     Start with `convertsnn demo`; then `convert` an ANN, `evaluate` the SNN file it writes.
     """
+    keep_freed_memory()
