@@ -7,16 +7,27 @@ dynamics: the dense limit of an SNN at T steps is T times its ANN. Three workloa
 
 - ``forward``: logits without gradients (evaluation);
 - ``bptt``: a training step (forward, cross-entropy, backward through time, SGD update);
-- ``input_grad``: the gradient of the loss with respect to the input only (one attack step).
+- ``input_grad``: the gradient of the loss with respect to the input only, with the parameters
+  frozen as an attack freezes them (one attack step).
 
-Every round times each workload of every (T, batch) once for the ANN and once for the SNN,
-interleaved, so slow phases of a shared machine hit both; the report gives the median and the
-min-max of the per-round ratios and the median absolute times. On CUDA every timing waits for
-the GPU (``torch.cuda.synchronize``).
+Every round times each workload of every (T, batch) once for the ANN and once for the SNN
+(and, with ``--spikingjelly``, once for SpikingJelly 2.0's rate-coding conversion of the same ANN,
+run single-step for T steps), interleaved, so slow phases of a shared machine hit all; the report
+gives the median and the min-max of the per-round ratios and the median absolute times. On CUDA
+every timing waits for the GPU (``torch.cuda.synchronize``).
+
+Then, unless ``--no-costs``: the peak memory of one BPTT step per T (``--memory-timesteps``, at
+the largest batch; ANN at the batch and at T x batch, SNN with ``memory`` full and checkpoint;
+each in a fresh process: CUDA's peak allocation, or on CPU the peak resident memory with glibc
+told to give freed blocks back), the conversion time, the wall time of ``convertsnn --help``,
+and the time of one ``quick`` suite run against one PGD-20 run on ``--suite-images`` correctly
+classified images at ``--suite-eps``.
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --timesteps 1,2,4,8,16,32 \
         --batch 16,64
     python benchmarks/speed.py --device cuda --timesteps 4,8,16 --batch 256
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --timesteps 1,2,4,8 --batch 16 \
+        --spikingjelly   # SpikingJelly: pip install --no-deps spikingjelly==2.0.0 loguru
 
 Writes --out .json and .md (default benchmarks/results/speed).
 """
@@ -24,8 +35,12 @@ Writes --out .json and .md (default benchmarks/results/speed).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +51,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from convertsnn import convert
+from convertsnn.allocator import keep_freed_memory
+from convertsnn.attacks import PGD
+from convertsnn.attacks.base import frozen_parameters
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import write_json
+from convertsnn.eval.suites import run_suite
 from convertsnn.importers import Preprocessing, load_ann
 from convertsnn.snn.network import SpikingNetwork
-from convertsnn.snn.serialize import atomic_write, package_versions
+from convertsnn.snn.serialize import atomic_write, load_snn, package_versions, save_snn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET20 = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 32, 32), 10)
@@ -67,7 +86,8 @@ def workload(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> C
 
         def run() -> None:
             x_adv = x.clone().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+            with frozen_parameters(model):
+                torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
 
     return run
 
@@ -96,11 +116,45 @@ class AsANN(nn.Module):
             return self.snn(x)
 
 
-def build_snn(args) -> SpikingNetwork:
-    ann = load_ann(str(args.models_dir / "resnet20-12fca82f.th"), arch="resnet20",
-                   preprocessing=RESNET20).model  # fmt: skip
+class SpikingJellyNetwork(nn.Module):
+    """SpikingJelly 2.0's rate-coding conversion (IFNode, soft reset) of the same ANN, run
+    single-step for ``timesteps`` steps; its mean output over time. As in
+    ``benchmarks/fidelity_cifar10.py`` it gets the bare network (option-A shortcuts as fixed
+    convolutions, pooling as modules) and normalised images."""
+
+    def __init__(self, ann: nn.Module, calib: DataLoader, mode: str = "99.9%") -> None:
+        super().__init__()
+        from fidelity_cifar10 import normalized, pad_shortcuts_as_convs, pooling_as_modules
+        from spikingjelly.activation_based import ann2snn
+
+        from convertsnn.convert import prepare_ann
+
+        self.normalize, net = ann[0], pad_shortcuts_as_convs(ann[1])
+        recipe = ann2snn.RateCodingRecipe(dataloader=normalized(calib, self.normalize), mode=mode)
+        graph = pooling_as_modules(prepare_ann(net))
+        self.snn = ann2snn.Converter(recipe=recipe, device="cpu").convert(graph).eval()
+        self.timesteps = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.snn)
+        x = self.normalize(x)
+        return torch.stack([self.snn(x) for _ in range(self.timesteps)]).mean(0)
+
+
+def source_ann(args) -> nn.Module:
+    return load_ann(str(args.models_dir / "resnet20-12fca82f.th"), arch="resnet20",
+                    preprocessing=RESNET20).model  # fmt: skip
+
+
+def calibration_images(args) -> DataLoader:
     calib = load_dataset(str(args.data_dir / args.data), "train", limit=args.calib_images)
-    return convert(ann, DataLoader(calib, batch_size=64), 8, args.calibration).eval()
+    return DataLoader(calib, batch_size=64)
+
+
+def build_snn(args) -> SpikingNetwork:
+    return convert(source_ann(args), calibration_images(args), 8, args.calibration).eval()
 
 
 def inputs(args, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,16 +170,23 @@ def inputs(args, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def measure(args) -> dict:
     device = torch.device(args.device)
+    start = time.perf_counter()
     snn = build_snn(args).to(device)
-    ann = AsANN(snn)
+    convert_seconds = time.perf_counter() - start
+    sides = {"ann": AsANN(snn), "snn": snn}
+    if args.spikingjelly:
+        sides["spikingjelly"] = SpikingJellyNetwork(source_ann(args), calibration_images(args))
+        sides["spikingjelly"].to(device)
     cases = [(t, b) for t in args.timesteps for b in args.batch]
     data = {b: inputs(args, b, device) for b in args.batch}
     times: dict[tuple, list[float]] = {}
     for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, cuDNN choice)
         for t, b in cases:
             snn.timesteps = t
+            if args.spikingjelly:
+                sides["spikingjelly"].timesteps = t
             for name in WORKLOADS:
-                for side, model in (("ann", ann), ("snn", snn)):
+                for side, model in sides.items():
                     run = workload(name, model, *data[b])
                     taken = seconds(run, device, args.repeats)
                     if round_index:
@@ -133,16 +194,112 @@ def measure(args) -> dict:
     rows = []
     for t, b in cases:
         for name in WORKLOADS:
-            ann_times, snn_times = times[(t, b, name, "ann")], times[(t, b, name, "snn")]
-            ratios = [s / a for s, a in zip(snn_times, ann_times, strict=True)]
-            rows.append({
-                "T": t, "batch": b, "workload": name,
-                "ann_ms": 1000 * statistics.median(ann_times),
-                "snn_ms": 1000 * statistics.median(snn_times),
-                "ratio_median": statistics.median(ratios),
-                "ratio_min": min(ratios), "ratio_max": max(ratios),
-            })  # fmt: skip
-    return {"rows": rows, "device_name": device_name(device)}
+            ann_times = times[(t, b, name, "ann")]
+            row = {"T": t, "batch": b, "workload": name,
+                   "ann_ms": 1000 * statistics.median(ann_times)}  # fmt: skip
+            for side in list(sides)[1:]:
+                prefix = "" if side == "snn" else "sj_"
+                side_times = times[(t, b, name, side)]
+                ratios = [s / a for s, a in zip(side_times, ann_times, strict=True)]
+                row.update({
+                    f"{prefix}snn_ms": 1000 * statistics.median(side_times),
+                    f"{prefix}ratio_median": statistics.median(ratios),
+                    f"{prefix}ratio_min": min(ratios), f"{prefix}ratio_max": max(ratios),
+                })  # fmt: skip
+            rows.append(row)
+    result = {"rows": rows, "device_name": device_name(device),
+              "convert_seconds": convert_seconds}  # fmt: skip
+    if not args.no_costs:
+        result["costs"] = costs(args, snn, device)
+    return result
+
+
+PROBE_MODES = ("ann", "ann_folded", "full", "checkpoint")
+
+
+def memory_probe(
+    path: str, steps: int, batch: int, mode: str, device: str, shape: list[int]
+) -> int:
+    """Peak bytes allocated by one BPTT step (forward, loss, backward) of the SNN file ``path``
+    on random images of ``shape`` in ``mode`` (see :data:`PROBE_MODES`; ``ann_folded``: the ANN on T x batch images). Meant
+    for a fresh process: on CPU it reads the peak resident memory, with glibc told to give
+    every freed block of 64 KiB or more back to the system. A one-image step runs first (lazy
+    imports and setup are not counted)."""
+    if device == "cpu":
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    snn = load_snn(path, device)
+    snn.timesteps = steps
+    if mode.startswith("ann"):
+        snn.set_gradient("ann")
+        batch = batch * steps if mode == "ann_folded" else batch
+    else:
+        snn.memory = mode
+    snn.train()
+    x = torch.rand(batch, *shape, device=device)
+    y = torch.arange(batch, device=device) % 10
+    F.cross_entropy(snn(x[:1]), y[:1]).backward()  # warm-up: lazy imports, kernel choices
+    snn.zero_grad(set_to_none=True)
+
+    def status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {key} in /proc/self/status")
+
+    if device == "cpu":
+        base = status("VmRSS:")
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM)
+    else:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    F.cross_entropy(snn(x), y).backward()
+    if device == "cpu":
+        return status("VmHWM:") - base
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def costs(args, snn: SpikingNetwork, device: torch.device) -> dict:
+    """BPTT memory per T, ``convertsnn --help`` wall time, quick suite vs PGD-20 time."""
+    batch = max(args.batch)
+    shape = list(inputs(args, 1, device)[0].shape[1:])
+    memory = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "snn.safetensors")
+        save_snn(snn.cpu(), path)
+        snn.to(device)
+        for t in args.memory_timesteps:
+            row = {"T": t, "batch": batch}
+            for mode in PROBE_MODES:
+                probe = [sys.executable, __file__, "--memory-probe",
+                         json.dumps([path, t, batch, mode, str(device), shape])]  # fmt: skip
+                out = subprocess.run(probe, capture_output=True, text=True, check=True)
+                row[f"{mode}_mb"] = int(out.stdout.strip().splitlines()[-1]) / 2**20
+            memory.append(row)
+    help_seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "convertsnn", "--help"], capture_output=True,
+                       check=True)  # fmt: skip
+        help_seconds.append(time.perf_counter() - start)
+    snn.timesteps = 8
+    x, y = inputs(args, 8 * args.suite_images, device)
+    with torch.no_grad():
+        correct = snn(x).argmax(1) == y
+    x, y = x[correct][: args.suite_images], y[correct][: args.suite_images]
+    eps = args.suite_eps
+    start = time.perf_counter()
+    suite = run_suite("quick", snn, x, y, eps, progress=False)
+    suite_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    attack = PGD(snn, eps, steps=20)
+    pgd_robust = float((attack.predict(attack(x, y)) == y).float().mean())
+    pgd_seconds = time.perf_counter() - start
+    return {"memory": memory, "help_seconds": help_seconds, "suite_images": len(y),
+            "suite_eps": eps, "quick_suite_seconds": suite_seconds,
+            "quick_suite_robust": suite.robust,
+            "pgd20_seconds": pgd_seconds, "pgd20_robust": pgd_robust}  # fmt: skip
 
 
 def device_name(device: torch.device) -> str:
@@ -152,6 +309,7 @@ def device_name(device: torch.device) -> str:
 
 
 def markdown(result: dict) -> str:
+    sj = result["config"]["spikingjelly"]
     lines = [
         "# Spiking runtime speed",
         "",
@@ -161,18 +319,57 @@ def markdown(result: dict) -> str:
         f"converted with `{result['config']['calibration']}`; ANN = the same network in `ann` "
         f"mode (BN folded, one step); inputs: {result['config']['inputs']} CIFAR-10 images of "
         f"`{result['config']['data']}`. {result['config']['rounds']} interleaved rounds after a "
-        f"warm-up round, {result['config']['repeats']} calls per timing. Ratio = SNN time / "
+        f"warm-up round, {result['config']['repeats']} calls per timing"
+        f"{'; glibc keeps freed memory' if result['config']['keep_freed_memory'] else ''}. "
+        "Ratio = SNN time / "
         "ANN time (median [min-max] over rounds); the dense limit is T.",
         "",
-        "| T | batch | workload | ANN ms | SNN ms | SNN / ANN | SNN / (T x ANN) |",
-        "|---|---|---|---|---|---|---|",
+        "| T | batch | workload | ANN ms | SNN ms | SNN / ANN | SNN / (T x ANN) |"
+        + (" SpikingJelly ms | SpikingJelly / ANN |" if sj else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if sj else ""),
     ]
     for r in result["rows"]:
-        lines.append(
+        line = (
             f"| {r['T']} | {r['batch']} | {r['workload']} | {r['ann_ms']:.2f} | "
             f"{r['snn_ms']:.2f} | {r['ratio_median']:.2f} [{r['ratio_min']:.2f}-"
             f"{r['ratio_max']:.2f}] | {r['ratio_median'] / r['T']:.2f} |"
         )
+        if sj:
+            line += (
+                f" {r['sj_snn_ms']:.2f} | {r['sj_ratio_median']:.2f} "
+                f"[{r['sj_ratio_min']:.2f}-{r['sj_ratio_max']:.2f}] |"
+            )
+        lines.append(line)
+    lines += ["", f"Conversion ({result['config']['calibration']}, "
+              f"{result['config']['calib_images']} images): {result['convert_seconds']:.1f} s."]  # fmt: skip
+    costs = result.get("costs")
+    if costs:
+        help_s = costs["help_seconds"]
+        lines += [
+            f"`convertsnn --help` wall time: median {statistics.median(help_s):.2f} s "
+            f"[{min(help_s):.2f}-{max(help_s):.2f}] over {len(help_s)} runs.",
+            f"One `quick` suite run on {costs['suite_images']} correctly classified test images at "
+            f"T=8, eps {255 * costs['suite_eps']:.3g}/255: {costs['quick_suite_seconds']:.1f} s "
+            f"(robust accuracy {costs['quick_suite_robust']:.1%}); one PGD-20 run: "
+            f"{costs['pgd20_seconds']:.1f} s ({costs['pgd20_robust']:.1%}); ratio "
+            f"{costs['quick_suite_seconds'] / costs['pgd20_seconds']:.1f}. The suite attacks only "
+            "the images still robust, so its cost depends on the model's robustness.",
+            "",
+            "Peak memory of one BPTT step (MB; forward, loss, backward), each in a fresh process: "
+            "ANN at the batch and at T x batch (folded), SNN keeping everything (`full`) and with "
+            "`--memory checkpoint`.",
+            "",
+            "| T | batch | ANN | ANN folded | SNN full | SNN checkpoint | full / folded | "
+            "checkpoint / folded |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m in costs["memory"]:
+            lines.append(
+                f"| {m['T']} | {m['batch']} | {m['ann_mb']:.0f} | {m['ann_folded_mb']:.0f} | "
+                f"{m['full_mb']:.0f} | {m['checkpoint_mb']:.0f} | "
+                f"{m['full_mb'] / m['ann_folded_mb']:.2f} | "
+                f"{m['checkpoint_mb'] / m['ann_folded_mb']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -190,8 +387,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="calls per timing")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--spikingjelly", action="store_true",
+                        help="also time SpikingJelly 2.0's conversion of the same ANN")  # fmt: skip
+    parser.add_argument("--no-costs", action="store_true",
+                        help="skip memory, conversion, --help and suite costs")  # fmt: skip
+    parser.add_argument("--memory-timesteps", default="1,2,4,8,16,32")
+    parser.add_argument("--suite-images", type=int, default=16,
+                        help="correctly classified test images for the suite-cost run")  # fmt: skip
+    parser.add_argument("--suite-eps", type=float, default=1 / 255)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory, as the command line sets it")  # fmt: skip
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one probe
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed")
     args = parser.parse_args()
+    if args.memory_probe:
+        print(memory_probe(*json.loads(args.memory_probe)))
+        return
+    args.memory_timesteps = [int(t) for t in args.memory_timesteps.split(",")]
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc (and no MALLOC_*_ variables set)")
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     args.batch = [int(b) for b in args.batch.split(",")]
     if args.threads:

@@ -4,6 +4,7 @@ from torch import nn
 
 from convertsnn import convert
 from convertsnn.attacks import FGSM, PGD
+from convertsnn.attacks.base import frozen_parameters
 from convertsnn.errors import ConvertSNNError
 
 
@@ -73,3 +74,29 @@ def test_bad_attack_settings():
         PGD(linear_model(), 0.1, norm="l1")
     with pytest.raises(ConvertSNNError):
         PGD(linear_model(), 0.1, loss="hinge")
+
+
+def test_parameters_are_frozen_while_an_attack_runs(snn, images):
+    """Inside an attack no parameter requires grad (input gradients only); afterwards the
+    parameters that learned learn again and the frozen ones stay frozen."""
+    first = next(snn.parameters())
+    first.requires_grad_(False)
+    seen = []
+
+    class Recording(PGD):
+        def perturb(self, x, y):
+            seen.append(any(p.requires_grad for p in self.model.parameters()))
+            return super().perturb(x, y)
+
+    y = snn(images).argmax(1)
+    frozen_run = Recording(snn, 8 / 255, steps=2, random_start=False)(images, y)
+    assert seen == [False]
+    assert not first.requires_grad
+    assert all(p.requires_grad for p in snn.parameters() if p is not first)
+    first.requires_grad_(True)
+    attack = PGD(snn.eval(), 8 / 255)
+    learning_grad = attack.gradient(images, y)[0]  # called directly: parameters still learn
+    with frozen_parameters(snn):
+        frozen_grad = attack.gradient(images, y)[0]
+    assert torch.allclose(frozen_grad, learning_grad, atol=1e-6)
+    assert frozen_run.shape == images.shape

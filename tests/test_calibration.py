@@ -10,6 +10,7 @@ from convertsnn.convert import convert, prepare_ann
 from convertsnn.convert.calibration import get_calibration, list_calibrations
 from convertsnn.convert.calibration.bias_correction import channel_mean
 from convertsnn.convert.calibration.mse import best_threshold
+from convertsnn.convert.calibration.observers import ActivationObserver
 from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, save_ann
@@ -242,3 +243,30 @@ def test_quantised_activation_values():
     x.requires_grad_(True)
     act(x).sum().backward()  # straight-through: gradient 1 inside (0, theta), 0 outside
     assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
+
+
+def test_observer_samples_positive_values_uniformly_and_per_channel():
+    """The sampled positions hold positive values only, spread like all positive values;
+    per channel, each channel's sample comes from that channel."""
+    torch.manual_seed(0)
+    out = torch.rand(64, 4, 16, 16) * 10 - 5  # half negative, positives uniform on (0, 5)
+    out += torch.arange(4).view(1, 4, 1, 1) * 100 * (out > 0)  # channel c: positives + 100 c
+    observer = ActivationObserver(sample_per_batch=8000, per_channel=True)
+    observer.update(out)
+    sample = observer.samples[0]
+    assert len(sample) == 8000 and (sample > 0).all()
+    channel = (sample // 100).long()
+    assert torch.bincount(channel, minlength=4).min() > 1700  # about 2000 from each channel
+    assert abs(torch.quantile(sample[channel == 0], 0.5).item() - 2.5) < 0.2
+    per_channel = observer.channel_samples[0]
+    assert per_channel.shape == (4, 2000)
+    positive = per_channel > 0
+    assert (
+        (per_channel[positive] // 100).long()
+        == torch.arange(4).view(4, 1).expand(4, 2000)[positive]
+    ).all()
+    few = ActivationObserver(sample_per_batch=8000)
+    few.update(out[:1, :1, :4])  # fewer positive values than the sample size: all of them
+    assert torch.equal(
+        few.samples[0].sort().values, out[:1, :1, :4][out[:1, :1, :4] > 0].sort().values
+    )

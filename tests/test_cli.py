@@ -1,11 +1,14 @@
 import json
+import subprocess
+import sys
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
 
-from convertsnn.cli import _Group, main
+from convertsnn.cli import COMMANDS, _Group, main
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.models import create_model, register_model
 from tests.conftest import write_npz
@@ -161,3 +164,24 @@ def test_a_closed_pipe_stops_quietly(runner):
 
     result = runner.invoke(group, ["talk"])
     assert result.exit_code == 1 and result.output == ""
+
+
+def test_command_list_matches_the_commands():
+    """`convertsnn --help` lists every command with its own short help, without loading it."""
+    ctx = click.Context(main)
+    assert sorted(COMMANDS) == sorted(main.list_commands(ctx))
+    for name, (_, text) in COMMANDS.items():
+        assert main.get_command(ctx, name).get_short_help_str(limit=1000) == text, name
+    listed = CliRunner().invoke(main, ["--help"]).output
+    assert all(f"  {name}  " in listed for name in COMMANDS)
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_do_not_import_torch(flag):
+    code = (
+        f"import sys\nfrom convertsnn.cli import main\ntry:\n    main([{flag!r}])\n"
+        "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "convertsnn" in result.stdout

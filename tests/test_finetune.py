@@ -51,6 +51,7 @@ def quick(files, out_dir, **settings):
         (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
         (["--surrogate", "wobble"], "unknown surrogate 'wobble'"),
         (["--objective", "natural", "--regularizer", "mppd"], "natural training has none"),
+        (["--memory", "tiny"], "unknown memory 'tiny'; choose one of full, checkpoint"),
     ],
 )
 def test_bad_settings_give_one_line_errors(files, tmp_path, flags, message):
@@ -162,6 +163,18 @@ def test_timesteps_and_surrogate_overrides_are_saved(files, tmp_path):
     assert snn.timesteps == 3
     assert {str(n.surrogate) for n in snn.neurons()} == {"rect:0.5"}
     assert snn.metadata["finetune"]["selected_by"] == "last epoch (no held-out images)"
+
+
+def test_checkpointed_memory_trains_the_same_model(files, tmp_path):
+    """--memory checkpoint recomputes the layers in backward: the same run, the same weights."""
+    quick(files, tmp_path / "full", val_fraction=0, lr=0.05)
+    quick(files, tmp_path / "checkpoint", val_fraction=0, lr=0.05, memory="checkpoint")
+    full = load_snn(tmp_path / "full" / "last.safetensors").state_dict()
+    checkpointed = load_snn(tmp_path / "checkpoint" / "last.safetensors").state_dict()
+    before = load_snn(files[0]).state_dict()
+    assert any(not torch.equal(before[k], full[k]) for k in full)
+    for key, value in full.items():
+        assert torch.allclose(checkpointed[key], value, atol=1e-5), key
 
 
 def test_tensorboard_scalars_are_written(files, tmp_path):

@@ -114,3 +114,61 @@ def test_fused_dynamics_match_step_by_step_autograd(reset, leak, per_channel):
     assert torch.equal(fused, reference)
     assert torch.allclose(fused_grads[0], x.grad, atol=1e-5)
     assert torch.allclose(fused_grads[1], neuron.threshold.grad, atol=1e-4)
+
+
+def _neuron_and_input(reset: str, leak: float, per_channel: bool, steps: int = 5):
+    torch.manual_seed(1)
+    theta = torch.tensor([0.6, 1.1, 0.9]) if per_channel else 0.8
+    neuron = IFNeuron(threshold=theta, leak=leak, reset=reset, v_init=0.4)
+    neuron.timesteps = steps
+    return neuron, torch.randn(steps * 3, 3, 4, 4) * 0.9
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("leak", [1.0, 0.7])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lean_paths_give_identical_spikes(reset, leak, per_channel):
+    """The in-place no-grad path, the BPTT path and the step-by-step reference agree exactly."""
+    neuron, x = _neuron_and_input(reset, leak, per_channel)
+    theta = neuron._theta(x.dim())
+    reference = neuron.simulate(x.view(5, 3, 3, 4, 4), theta, neuron.surrogate).flatten(0, 1)
+    with torch.no_grad():
+        lean = neuron(x)
+    bptt = neuron(x.clone().requires_grad_(True))
+    neuron.gradient_mode = "bptr"
+    bptr = neuron(x.clone().requires_grad_(True))
+    assert (reference > 0).any() and (reference == 0).any()
+    for out in (lean, bptt, bptr):
+        assert torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_frozen_threshold_skips_only_the_threshold_gradient(reset, per_channel):
+    """With the threshold frozen (attacks), the input gradient is unchanged and no threshold
+    gradient is made; with only the threshold learning, its gradient is unchanged."""
+    neuron, x = _neuron_and_input(reset, 0.9, per_channel)
+    weights = torch.randn_like(x)
+    x_in = x.clone().requires_grad_(True)
+    (neuron(x_in) * weights).sum().backward()
+    full_input, full_theta = x_in.grad, neuron.threshold.grad.clone()
+
+    neuron.threshold.grad = None
+    neuron.threshold.requires_grad_(False)
+    x_in = x.clone().requires_grad_(True)
+    (neuron(x_in) * weights).sum().backward()
+    assert torch.allclose(x_in.grad, full_input, atol=1e-6)
+    assert neuron.threshold.grad is None
+
+    neuron.threshold.requires_grad_(True)
+    (neuron(x) * weights).sum().backward()
+    assert torch.allclose(neuron.threshold.grad, full_theta, atol=1e-5)
+    assert full_theta.abs().sum() > 0
+
+
+def test_no_grad_path_keeps_no_autograd_graph():
+    neuron, x = _neuron_and_input("subtract", 1.0, False)
+    out = neuron(x)  # input without grad, threshold frozen: the in-place path
+    neuron.threshold.requires_grad_(False)
+    assert neuron(x).grad_fn is None
+    assert out.grad_fn is not None  # the threshold still learns when it requires grad

@@ -10,6 +10,8 @@ model is set to). Every gradient is checked: all-zero and non-finite gradients a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +87,21 @@ class GradientStats:
         return grad
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters do not require gradients inside the block (restored after): an attack needs
+    only input gradients, so layers keep no inputs for weight gradients and neurons compute no
+    threshold gradients."""
+    learning = [p for p in model.parameters() if p.requires_grad]
+    for parameter in learning:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in learning:
+            parameter.requires_grad_(True)
+
+
 class Attack:
     """An untargeted evasion attack on a classifier taking images in [0, 1].
 
@@ -124,12 +141,14 @@ class Attack:
         self._binding = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial examples for ``(x, y)``; the model is run in eval mode."""
+        """Adversarial examples for ``(x, y)``; the model is run in eval mode with its
+        parameters frozen (see :func:`frozen_parameters`)."""
         was_training = self.model.training
         self.model.eval()
         self._binding = self.gradient_mode.bind(self.model)  # one binding per run
         try:
-            x_adv = self.perturb(x.detach(), y.detach())
+            with frozen_parameters(self.model):
+                x_adv = self.perturb(x.detach(), y.detach())
         finally:
             self._binding = None
             self.model.train(was_training)

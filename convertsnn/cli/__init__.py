@@ -1,15 +1,38 @@
-"""The ``convertsnn`` command line: one thin command per stage (see ``convertsnn --help``)."""
+"""The ``convertsnn`` command line: one thin command per stage (see ``convertsnn --help``).
+
+A command's module (and torch) is imported only when the command runs or shows its own help,
+so ``convertsnn --help`` and ``--version`` start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
 
 import click
+from click.utils import make_default_short_help
 
 from convertsnn import __version__
+from convertsnn.allocator import keep_freed_memory
 from convertsnn.errors import ConvertSNNError, InputRangeWarning
+
+# name: (module holding ``command``, its short help as `convertsnn --help` lists it; a test
+# checks these against the commands)
+COMMANDS = {
+    "certify": ("certify", "Certify the smoothed SNN in MODEL_FILE by randomised smoothing (Cohen et al."),
+    "convert": ("convert", "Convert the ANN SOURCE into a spiking network file."),
+    "demo": ("demo", "Convert the shipped robust MNIST CNN to an SNN and attack it (runs offline)."),
+    "export": ("export", "Export the SNN in MODEL_FILE (or zoo:NAME) as ONNX or NIR (docs/export.md)."),
+    "import": ("import_nir", "Read the NIR graph in NIR_FILE into an SNN file (docs/export.md lists the nodes)."),
+    "profile": ("profile", "Spikes, synaptic operations vs the ANN's MACs, and energy of MODEL_FILE (or zoo:NAME)."),
+    "evaluate": ("evaluate", "Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."),
+    "finetune": ("finetune", "Adversarially finetune the SNN file MODEL (thresholds and weights, BPTT)."),
+    "models": ("models", "List the architecture names accepted by `--arch`."),
+    "train": ("train", "Adversarially train an ANN from scratch; writes a file `convertsnn convert` reads."),
+    "zoo": ("zoo", "Published robust models by name: list, inspect, download, rebuild from recipes."),
+}  # fmt: skip
 
 
 class _Group(click.Group):
@@ -87,7 +110,28 @@ def progress_bars_only_on_a_tty() -> None:
     std.tqdm.__init__ = __init__
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(_Group):
+    """The ``convertsnn`` group: it imports a command's module only when the command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(f"convertsnn.cli.{COMMANDS[name][0]}").command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [
+            (name, make_default_short_help(text, limit))
+            for name, (_, text) in sorted(COMMANDS.items())
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="convertsnn")
 def main() -> None:
     """Turn adversarially trained ANNs into adversarially robust spiking networks.
@@ -96,27 +140,4 @@ def main() -> None:
     """
     quiet_warnings()
     progress_bars_only_on_a_tty()
-
-
-def _register() -> None:
-    from convertsnn.cli import (
-        certify,
-        convert,
-        demo,
-        evaluate,
-        export,
-        finetune,
-        import_nir,
-        models,
-        profile,
-        train,
-        zoo,
-    )
-
-    for module in (certify, convert, demo, evaluate, finetune, models, train, zoo):
-        main.add_command(module.command)
-    for module in (export, import_nir, profile):
-        main.add_command(module.command)
-
-
-_register()
+    keep_freed_memory()

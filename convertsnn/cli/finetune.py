@@ -17,6 +17,7 @@ from convertsnn.cli.options import write_json_out
 from convertsnn.finetune import FinetuneConfig, FitResult, RunConfig, finetune, load_recipe
 from convertsnn.finetune.config import (
     AUGMENTATIONS,
+    MEMORY_CHOICES,
     NEURON_CHOICES,
     OPTIMIZERS,
     PARAMETER_SETS,
@@ -145,6 +146,13 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
     "--surrogate-scale", type=str,
     help="threshold: surrogate on (u - theta) / theta while training (stable BPTT); absolute: on "
     f"u - theta{_default(FinetuneConfig, 'surrogate_scale')}.",
+)  # fmt: skip
+@click.option(
+    "--memory", type=str,
+    help=f"{' or '.join(MEMORY_CHOICES)}: checkpoint keeps only the inputs of segments of "
+    "about sqrt(N) spiking layers for BPTT and recomputes them in the backward pass (less "
+    f"memory, about one more forward pass per step, same gradients)"
+    f"{_default(FinetuneConfig, 'memory')}.",
 )  # fmt: skip
 @click.option(
     "--train", "train", type=str,

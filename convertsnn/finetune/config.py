@@ -22,6 +22,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.surrogate import SURROGATE_SCALES
 from convertsnn.objectives import get_objective, get_regularizer
 from convertsnn.snn.encoding import parse_encoder
+from convertsnn.snn.network import MEMORY_MODES
 from convertsnn.snn.surrogate import parse_surrogate
 
 OPTIMIZERS = ("sgd", "adam")
@@ -29,11 +30,13 @@ SCHEDULES = ("cosine", "cosine-epoch", "constant")
 AUGMENTATIONS = ("none", "crop-flip")
 PARAMETER_SETS = ("all", "weights", "thresholds")
 NEURON_CHOICES = ("keep", "dlif")
+MEMORY_CHOICES = MEMORY_MODES
 
 # Fields that change how a run is carried out but not what it computes: a resumed run may
 # change them (a run directory may also be moved).
 RUNTIME_FIELDS = (
     "resume", "device", "progress", "tensorboard", "log_every", "checkpoint_every", "out_dir",
+    "memory",
 )  # fmt: skip
 
 
@@ -171,7 +174,9 @@ class FinetuneConfig(RunConfig):
     applies the surrogate to the threshold-normalised membrane during training (see
     :mod:`convertsnn.finetune.surrogate`), ``absolute`` to ``u - theta`` as it is; ``train``
     picks the parameters that learn: ``all`` (weights, biases and thresholds, as seed 001),
-    ``weights`` or ``thresholds``. ``teacher``: an SNN file whose source ANN the ``distill``
+    ``weights`` or ``thresholds``. ``memory`` ``checkpoint`` recomputes each spiking layer in
+    the backward pass instead of keeping its activations (see
+    :mod:`convertsnn.snn.checkpointing`). ``teacher``: an SNN file whose source ANN the ``distill``
     regularizer learns from (default: the model's own, as loaded).
     """
 
@@ -182,6 +187,7 @@ class FinetuneConfig(RunConfig):
     neuron: str = "keep"
     surrogate: str | None = None
     surrogate_scale: str = "threshold"
+    memory: str = "full"
     train: str = "all"
     objective: str = "trades-rfgsm"
     epochs: int = 60
@@ -202,6 +208,7 @@ class FinetuneConfig(RunConfig):
         if self.encoder is not None:
             parse_encoder(self.encoder)
         _choice("neuron", self.neuron, NEURON_CHOICES)
+        _choice("memory", self.memory, MEMORY_CHOICES)
         if self.teacher and all(get_regularizer(s).name != "distill" for s in self.regularizers):
             raise ConvertSNNError(
                 "a teacher is only used by the distill regularizer; add --regularizer distill "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from convertsnn.errors import ConvertSNNError, InputRangeWarning
+from convertsnn.snn.checkpointing import checkpointed_body
 from convertsnn.snn.encoding import Encoder, parse_encoder
 from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
 from convertsnn.snn.pooling import SpikingMaxPool2d
@@ -43,6 +44,9 @@ def check_timesteps(value: int, what: str = "timesteps") -> int:
     if not valid:
         raise ConvertSNNError(f"{what} must be an integer from 1 to {MAX_TIMESTEPS}, got {value}")
     return int(value)
+
+
+MEMORY_MODES = ("full", "checkpoint")
 
 
 class SpikingNetwork(nn.Module):
@@ -69,6 +73,7 @@ class SpikingNetwork(nn.Module):
         self.encoder = parse_encoder(encoder)
         self.metadata = dict(metadata or {})
         self.timesteps = timesteps
+        self.__dict__["_checkpointed"] = None  # not a submodule: it shares the body's modules
 
     @property
     def timesteps(self) -> int:
@@ -141,12 +146,31 @@ class SpikingNetwork(nn.Module):
             if isinstance(module, (IFNeuron, SpikingMaxPool2d)):
                 module.timesteps = steps
         seq = self.encoder(x, steps)
-        out = self.body(seq.flatten(0, 1))
+        checkpointed = self.__dict__["_checkpointed"]
+        body = checkpointed if checkpointed is not None and torch.is_grad_enabled() else self.body
+        out = body(seq.flatten(0, 1))
         return out.view(steps, x.shape[0], *out.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean logits over time, ``[B, K]``."""
         return self.forward_sequence(x).mean(0)
+
+    @property
+    def memory(self) -> str:
+        """``"full"``: a BPTT pass keeps every activation; ``"checkpoint"``: segments of about
+        sqrt(N) spiking layers keep only their inputs and are recomputed in the backward pass (see
+        :mod:`convertsnn.snn.checkpointing`). Set it again after replacing body modules."""
+        return "full" if self.__dict__["_checkpointed"] is None else "checkpoint"
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        if value not in MEMORY_MODES:
+            raise ConvertSNNError(
+                f"unknown memory mode '{value}'; choose one of {', '.join(MEMORY_MODES)}"
+            )
+        self.__dict__["_checkpointed"] = (
+            checkpointed_body(self.body) if value == "checkpoint" else None
+        )
 
     @property
     def gradient_mode(self) -> str:

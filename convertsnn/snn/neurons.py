@@ -114,9 +114,11 @@ class IFNeuron(nn.Module):
         if self.gradient_mode == "bptr":
             return _RateBackprop.apply(seq, theta, self).flatten(0, 1)
         if isinstance(self.surrogate, Surrogate):
-            out = _IFDynamics.apply(
-                seq, theta, self.leak, self.reset == "zero", self.v_init, self.surrogate
-            )
+            settings = (self.leak, self.reset == "zero", self.v_init)
+            if torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad):
+                out = _IFDynamics.apply(seq, theta, *settings, self.surrogate)
+            else:
+                out = integrate_and_fire(seq, theta, *settings)[0]
             return out.flatten(0, 1)
         return self.simulate(seq, theta, self.surrogate).flatten(0, 1)
 
@@ -137,57 +139,110 @@ class IFNeuron(nn.Module):
         return torch.stack(out)
 
 
+def integrate_and_fire(
+    seq: torch.Tensor,
+    theta: torch.Tensor,
+    leak: float,
+    reset_zero: bool,
+    v_init: float,
+    keep: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The forward dynamics of :meth:`IFNeuron.simulate`, in place and without autograd.
+
+    Returns ``(out, membrane, spikes)``: ``out = theta * spikes`` ``[T, B, ...]``; with ``keep``
+    also the pre-spike membrane ``h[t]`` and the spikes as ``bool`` (what the backward pass of
+    :class:`_IFDynamics` needs), else ``None`` for both. Per step about four full-tensor kernels
+    (five for LIF); one membrane ``[B, ...]`` is updated in place and nothing else is stored.
+    Spikes and outputs are bit-identical to :meth:`IFNeuron.simulate`.
+    """
+    out = torch.empty_like(seq)
+    membrane = torch.empty_like(seq) if keep else None
+    spikes = torch.empty(seq.shape, dtype=torch.bool, device=seq.device) if keep else None
+    spike = None if keep else torch.empty(seq.shape[1:], dtype=torch.bool, device=seq.device)
+    zero = seq.new_zeros(())
+    u = torch.empty_like(seq[0])
+    u.copy_(v_init * theta)  # broadcast: u[0] = v_init * theta
+    for t in range(len(seq)):
+        if leak != 1.0:
+            u.mul_(leak)
+        h = torch.add(seq[t], u, out=membrane[t]) if keep else u.add_(seq[t])
+        s = torch.ge(h, theta, out=spikes[t] if keep else spike)
+        fired = torch.mul(s, theta, out=out[t])
+        if reset_zero:
+            torch.where(s, zero, h, out=u)
+        else:
+            torch.sub(h, fired, out=u)
+    return out, membrane, spikes
+
+
 class _IFDynamics(torch.autograd.Function):
     """The IF/LIF dynamics of :meth:`IFNeuron.simulate` with a hand-written BPTT.
 
-    One autograd node for all T steps instead of about six per step; only the pre-spike
-    membrane ``h[t] = leak * u[t-1] + I[t]`` is stored. Backward, from ``t = T`` down to 1, with
+    One autograd node for all T steps instead of about six per step; the forward pass is
+    :func:`integrate_and_fire`, which keeps the pre-spike membrane ``h[t] = leak * u[t-1] + I[t]``
+    and the spikes (as ``bool``). Backward, from ``t = T`` down to 1, with
     ``sg = surrogate'(h - theta)`` and ``gu`` the gradient reaching ``u[t]`` from later steps::
 
         subtract:  gs = go*theta - gu*theta;  gh = gu + gs*sg;          gtheta += go*s - gu*s - gs*sg
         zero:      gs = go*theta - gu*h;      gh = gu*(1 - s) + gs*sg;  gtheta += go*s - gs*sg
         gI[t] = gh;  gu <- leak * gh;   finally gtheta += v_init * gu   (u[0] = v_init * theta)
+
+    The threshold gradient is computed only when the threshold needs one (not during attacks
+    on a frozen model) and is reduced to the threshold's shape at every step.
     """
 
     @staticmethod
     def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
-        membrane = torch.empty_like(seq)
-        out = torch.empty_like(seq)
-        u = v_init * theta
-        for t, current in enumerate(seq):
-            h = current + leak * u
-            spike = (h >= theta).to(seq.dtype)
-            membrane[t] = h
-            out[t] = spike * theta
-            u = h * (1 - spike) if reset_zero else h - spike * theta
-        ctx.save_for_backward(membrane, theta)
+        out, membrane, spikes = integrate_and_fire(seq, theta, leak, reset_zero, v_init, True)
+        ctx.save_for_backward(membrane, spikes, theta)
         ctx.settings = (leak, reset_zero, v_init, surrogate)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        membrane, theta = ctx.saved_tensors
-        leak, reset_zero, v_init, surrogate = ctx.settings
-        grad_in = torch.empty_like(membrane)
-        grad_theta = torch.zeros_like(membrane[0])
-        gu = torch.zeros_like(membrane[0])
-        for t in range(len(membrane) - 1, -1, -1):
-            h, go = membrane[t], grad_out[t]
-            sg = surrogate.derivative(h - theta)
-            spike = (h >= theta).to(h.dtype)
-            if reset_zero:
-                gs = go * theta - gu * h
-                gh = gu * (1 - spike) + gs * sg
-                grad_theta += go * spike - gs * sg
-            else:
-                gs = (go - gu) * theta
-                gh = gu + gs * sg
-                grad_theta += (go - gu) * spike - gs * sg
-            grad_in[t] = gh
-            gu = leak * gh
-        grad_theta += v_init * gu
-        grad_theta = grad_theta.sum_to_size(theta.shape) if theta.dim() else grad_theta.sum()
+        membrane, spikes, theta = ctx.saved_tensors
+        grad_in, grad_theta = backprop_through_time(
+            grad_out, membrane, spikes, theta, *ctx.settings, ctx.needs_input_grad[1]
+        )
         return grad_in, grad_theta, None, None, None, None
+
+
+def backprop_through_time(
+    grad_out: torch.Tensor,
+    membrane: torch.Tensor,
+    spikes: torch.Tensor,
+    theta: torch.Tensor,
+    leak: float,
+    reset_zero: bool,
+    v_init: float,
+    surrogate: Surrogate,
+    need_theta: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The backward pass of :class:`_IFDynamics`: gradients of the input currents and (when
+    ``need_theta``) of the threshold, from the output gradient and what the forward kept."""
+    reduce = (lambda g: g.sum_to_size(theta.shape)) if theta.dim() else (lambda g: g.sum())
+    grad_in = torch.empty_like(membrane)
+    grad_theta = []
+    gu = torch.zeros_like(membrane[0])
+    for t in range(len(membrane) - 1, -1, -1):
+        h, go, spike = membrane[t], grad_out[t], spikes[t]
+        sg = surrogate.derivative(h - theta)
+        if reset_zero:
+            gs = go * theta - gu * h
+            gssg = gs * sg
+            gh = torch.add(gu.masked_fill(spike, 0.0), gssg, out=grad_in[t])
+            if need_theta:
+                grad_theta.append(reduce(go * spike - gssg))
+        else:
+            d = go - gu
+            gssg = torch.mul(d, theta).mul_(sg)
+            gh = torch.add(gu, gssg, out=grad_in[t])
+            if need_theta:
+                grad_theta.append(reduce(d.mul_(spike).sub_(gssg)))
+        gu = gh if leak == 1.0 else gh * leak
+    if not need_theta:
+        return grad_in, None
+    return grad_in, torch.stack(grad_theta).sum(0) + reduce(v_init * gu)
 
 
 class _RateBackprop(torch.autograd.Function):
@@ -195,8 +250,8 @@ class _RateBackprop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, seq: torch.Tensor, theta: torch.Tensor, neuron: IFNeuron):  # type: ignore[override]
-        with torch.no_grad():
-            out = neuron.simulate(seq, theta, neuron.surrogate)
+        settings = (neuron.leak, neuron.reset == "zero", neuron.v_init)
+        out = integrate_and_fire(seq, theta, *settings)[0]
         ctx.save_for_backward((out.mean(0, keepdim=True) > 0).to(seq.dtype))
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -37,22 +38,33 @@ class ActivationObserver:
         self.channel_max = (
             chan if self.channel_max is None else torch.maximum(self.channel_max, chan)
         )
-        positive = out[out > 0].cpu()
-        if positive.numel() > self.sample_per_batch:
-            idx = torch.randint(
-                positive.numel(), (self.sample_per_batch,), generator=self.generator
-            )
-            positive = positive[idx]
-        self.samples.append(positive)
+        self.samples.append(self._positive_sample(out.reshape(-1)))
         if self.per_channel:
-            chan = out.transpose(0, 1) if out.dim() > 1 else out.unsqueeze(0)
-            values = chan.reshape(chan.shape[0], -1).cpu()
-            if values.shape[1] > self.sample_per_batch // 4:
-                idx = torch.randint(
-                    values.shape[1], (self.sample_per_batch // 4,), generator=self.generator
-                )
-                values = values[:, idx]
-            self.channel_samples.append(values)
+            self.channel_samples.append(self._channel_sample(out))
+
+    def _positive_sample(self, flat: torch.Tensor) -> torch.Tensor:
+        """Up to ``sample_per_batch`` positive values of ``flat``, drawn uniformly with
+        replacement. Random positions are drawn first (enough to hold that many positive values
+        with near certainty) and only those are read, instead of compacting every positive
+        value of the batch."""
+        positives = int((flat > 0).sum())
+        if positives <= self.sample_per_batch:
+            return flat[flat > 0].cpu()
+        draws = math.ceil(1.2 * self.sample_per_batch * flat.numel() / positives) + 100
+        idx = torch.randint(flat.numel(), (draws,), generator=self.generator)
+        values = flat[idx.to(flat.device)].cpu()
+        return values[values > 0][: self.sample_per_batch]
+
+    def _channel_sample(self, out: torch.Tensor) -> torch.Tensor:
+        """``[C, n]``: every channel's values at ``n <= sample_per_batch / 4`` random positions
+        (the same for all channels; grid ``[B, C, positions]``), read without copying the batch."""
+        grid = out.reshape(1, 1, -1) if out.dim() == 1 else out.reshape(*out.shape[:2], -1)
+        count = grid.shape[0] * grid.shape[2]
+        if count <= self.sample_per_batch // 4:
+            return grid.transpose(0, 1).reshape(grid.shape[1], -1).cpu()
+        idx = torch.randint(count, (self.sample_per_batch // 4,), generator=self.generator)
+        idx = idx.to(out.device)
+        return grid[idx // grid.shape[2], :, idx % grid.shape[2]].t().cpu()
 
     def percentile(self, p: float) -> torch.Tensor:
         """The p-th percentile (0-100) of the positive activations seen (0 if none)."""
