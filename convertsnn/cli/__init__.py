@@ -28,7 +28,7 @@ COMMANDS = {
     "import": ("import_nir", "Read the NIR graph in NIR_FILE into an SNN file (docs/export.md lists the nodes)."),
     "profile": ("profile", "Spikes, synaptic operations vs the ANN's MACs, and energy of MODEL_FILE (or zoo:NAME)."),
     "evaluate": ("evaluate", "Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."),
-    "finetune": ("finetune", "Adversarially finetune the SNN file MODEL (thresholds and weights, BPTT)."),
+    "finetune": ("finetune", "Adversarially finetune the SNN file MODEL, or zoo:NAME (thresholds and weights, BPTT)."),
     "models": ("models", "List the architecture names accepted by `--arch`."),
     "train": ("train", "Adversarially train an ANN from scratch; writes a file `convertsnn convert` reads."),
     "zoo": ("zoo", "Published robust models by name: list, inspect, download, rebuild from recipes."),
