@@ -11,6 +11,7 @@ from convertsnn.attacks.apgd_targeted import APGDT
 from convertsnn.attacks.base import Attack
 from convertsnn.attacks.fgsm import FGSM
 from convertsnn.attacks.gradient_modes import (
+    SEED000_MODES,
     SEED001_MODES,
     GradientMode,
     ModelInMode,
@@ -62,6 +63,7 @@ __all__ = [
     "FGSM",
     "PGD",
     "RFGSM",
+    "SEED000_MODES",
     "SEED001_MODES",
     "Attack",
     "GradientMode",

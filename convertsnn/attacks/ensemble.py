@@ -32,15 +32,20 @@ _SHORT = {"steps": "", "queries": "", "targets": "x", "restarts": "r"}
 
 @dataclass(frozen=True)
 class Run:
-    """One attack (name and arguments, see :func:`build_attack`) in one gradient mode."""
+    """One attack (name and arguments, see :func:`build_attack`) in one gradient mode.
+
+    ``group``: runs of one group attack only the survivors of that group's earlier runs, so each
+    group's own worst case is known (seed 001 reports one number per attack family); the
+    ensemble number is the per-sample worst case over all groups."""
 
     attack: str
     params: tuple[tuple[str, object], ...] = ()
     mode: str = "native"
+    group: str = ""
 
     @classmethod
-    def of(cls, attack: str, mode: str = "native", **params) -> Run:
-        return cls(attack, tuple(sorted(params.items())), mode)
+    def of(cls, attack: str, mode: str = "native", group: str = "", **params) -> Run:
+        return cls(attack, tuple(sorted(params.items())), mode, group)
 
     @property
     def label(self) -> str:
@@ -77,7 +82,8 @@ class RunRecord:
 @dataclass
 class EnsembleResult:
     """Per-sample worst case: expected correctness ``correct`` ``[N]`` (0/1 if deterministic),
-    the worst point found ``x_adv``, and ``breaker`` = index of the run that found it (-1: none)."""
+    the worst point found ``x_adv``, ``breaker`` = index of the run that found it (-1: none),
+    and per group of runs (see :class:`Run`) its own per-sample correctness ``groups``."""
 
     clean: float
     robust: float
@@ -85,10 +91,25 @@ class EnsembleResult:
     x_adv: torch.Tensor
     breaker: torch.Tensor
     records: list[RunRecord]
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"clean": self.clean, "robust": self.robust,
-                "runs": [asdict(r) for r in self.records]}  # fmt: skip
+        out = {"clean": self.clean, "robust": self.robust,
+               "runs": [asdict(r) for r in self.records]}  # fmt: skip
+        if len(self.groups) > 1:
+            out["groups"] = {g: float(c.mean()) for g, c in self.groups.items()}
+        return out
+
+    def samples(self, margins: torch.Tensor) -> list[dict]:
+        """Per image: whether it survives, the label of the run that broke it, its margin
+        ``z_y - max_{j != y} z_j`` at the worst point found (EOT mean of the logits)."""
+        labels = [r.label for r in self.records]
+        return [
+            {"index": i, "survives": bool(c > 0), "correct": float(c),
+             "broken_by": labels[b] if b >= 0 else None, "margin": float(m)}
+            for i, (c, b, m) in enumerate(zip(self.correct.tolist(), self.breaker.tolist(),
+                                              margins.tolist(), strict=True))
+        ]  # fmt: skip
 
 
 def expected_correct(
@@ -101,6 +122,21 @@ def expected_correct(
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             hits = sum((model(xb).argmax(1) == yb).float() for _ in range(draws))
             out[start : start + batch_size] = hits / draws
+    return out
+
+
+def margins(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, batch_size: int = 256
+) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` of the EOT-mean logits per sample, ``[N]`` (< 0: broken)."""
+    out = torch.empty(len(x), device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = sum(model(xb) for _ in range(draws)) / draws
+            true = logits.gather(1, yb[:, None]).squeeze(1)
+            others = logits.scatter(1, yb[:, None], float("-inf")).max(dim=1).values
+            out[start : start + batch_size] = true - others
     return out
 
 
@@ -158,12 +194,22 @@ class WorstCase:
                      "breaker": torch.full((len(x),), -1, dtype=torch.long, device=x.device)}  # fmt: skip
             records = []
         correct, x_adv, breaker = state["correct"], state["x_adv"], state["breaker"]
+        names = list(dict.fromkeys(r.group for r in runs))
+        if state.get("groups") is None or len(state["groups"]) != len(names):
+            saved = state.get("groups")
+            fresh = state["correct"].new_empty(len(names), len(x))
+            fresh[:] = state["correct"]  # a new group starts from the ensemble's survivors
+            if saved is not None:
+                fresh[: len(saved)] = saved
+            state["groups"] = fresh
+        groups = state["groups"]
         bar = tqdm(total=len(runs), initial=state["run"], desc="attacks", leave=False,
                    disable=not self.progress)  # fmt: skip
         for r in range(state["run"], len(runs)):
             spec = runs[r]
+            own = groups[names.index(spec.group)]
             if state["pending"] is None:
-                state["pending"] = (correct > 0).nonzero().squeeze(1)
+                state["pending"] = (own > 0).nonzero().squeeze(1)
                 state["batch"] = 0
                 records.append(RunRecord(spec.label, spec.attack, spec.mode, False))
             record, pending = records[r], state["pending"]
@@ -179,6 +225,7 @@ class WorstCase:
                 attack.grad_stats = GradientStats()
                 candidate = attack(x[idx], y[idx])
                 p = expected_correct(self.model, candidate, y[idx], self.eot, self.batch_size)
+                own[idx] = torch.minimum(own[idx], p)
                 lower = p < correct[idx]
                 correct[idx[lower]] = p[lower]
                 x_adv[idx[lower]] = candidate[lower]
@@ -197,7 +244,7 @@ class WorstCase:
             bar.set_postfix(robust=f"{100 * record.robust_after:.1f}%")
         bar.close()
         return EnsembleResult(state["clean"], float(correct.mean()), correct, x_adv, breaker,
-                              records)  # fmt: skip
+                              records, dict(zip(names, groups, strict=True)))  # fmt: skip
 
     def _save(self, state: dict, records: list[RunRecord]) -> None:
         if self.checkpoint is not None:

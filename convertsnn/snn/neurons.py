@@ -123,16 +123,19 @@ class IFNeuron(nn.Module):
     def simulate(self, seq: torch.Tensor, theta: torch.Tensor, surrogate) -> torch.Tensor:
         """Run the dynamics step by step through autograd; returns ``theta * spikes`` ``[T, B, ...]``.
 
-        ``surrogate`` is any object whose ``spike(x)`` is called once per step, in order (e.g.
+        ``surrogate`` is any object whose ``spike(x, theta)`` is called once per step, in order
+        and whose ``detach_reset`` (default False) excludes the reset from the graph (e.g.
         the adaptive surrogate of :mod:`convertsnn.attacks.adaptive_surrogate`). For a plain
         :class:`Surrogate` the forward pass uses the equivalent, faster :class:`_IFDynamics`.
         """
         u = torch.zeros_like(seq[0]) + self.v_init * theta
+        detach_reset = getattr(surrogate, "detach_reset", False)
         out = []
         for current in seq:
             u = self.leak * u + current
-            spike = surrogate.spike(u - theta)
-            u = u - spike * theta if self.reset == "subtract" else u * (1 - spike)
+            spike = surrogate.spike(u - theta, theta)
+            reset = spike.detach() if detach_reset else spike
+            u = u - reset * theta if self.reset == "subtract" else u * (1 - reset)
             out.append(spike * theta)
         return torch.stack(out)
 
@@ -147,6 +150,8 @@ class _IFDynamics(torch.autograd.Function):
         subtract:  gs = go*theta - gu*theta;  gh = gu + gs*sg;          gtheta += go*s - gu*s - gs*sg
         zero:      gs = go*theta - gu*h;      gh = gu*(1 - s) + gs*sg;  gtheta += go*s - gs*sg
         gI[t] = gh;  gu <- leak * gh;   finally gtheta += v_init * gu   (u[0] = v_init * theta)
+
+    With ``surrogate.detach_reset`` the spike in the reset is a constant: ``gs = go*theta``.
     """
 
     @staticmethod
@@ -173,14 +178,14 @@ class _IFDynamics(torch.autograd.Function):
         gu = torch.zeros_like(membrane[0])
         for t in range(len(membrane) - 1, -1, -1):
             h, go = membrane[t], grad_out[t]
-            sg = surrogate.derivative(h - theta)
+            sg = surrogate.derivative(h - theta, theta)
             spike = (h >= theta).to(h.dtype)
             if reset_zero:
-                gs = go * theta - gu * h
+                gs = go * theta - (0 if surrogate.detach_reset else gu * h)
                 gh = gu * (1 - spike) + gs * sg
                 grad_theta += go * spike - gs * sg
             else:
-                gs = (go - gu) * theta
+                gs = (go if surrogate.detach_reset else go - gu) * theta
                 gh = gu + gs * sg
                 grad_theta += (go - gu) * spike - gs * sg
             grad_in[t] = gh
