@@ -8,6 +8,7 @@ from torch import nn
 
 from convertsnn.attacks.apgd import APGD
 from convertsnn.attacks.apgd_targeted import APGDT
+from convertsnn.attacks.autoattack import AutoAttackRun
 from convertsnn.attacks.base import Attack
 from convertsnn.attacks.fgsm import FGSM
 from convertsnn.attacks.gradient_modes import (
@@ -32,6 +33,7 @@ ATTACKS = {
     "apgd-t": APGDT,
     "square": Square,
     "transfer": Transfer,
+    "autoattack": AutoAttackRun,
 }
 
 
@@ -60,6 +62,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "ATTACKS",
+    "AutoAttackRun",
     "FGSM",
     "PGD",
     "RFGSM",

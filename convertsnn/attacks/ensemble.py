@@ -171,6 +171,7 @@ class WorstCase:
         self.model, self.eps, self.norm, self.eot = model, float(eps), norm, int(eot)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.checkpoint, self.progress = checkpoint, progress
+        self.state: dict | None = None  # the last run's state, to continue it with more runs
 
     def run(
         self, x: torch.Tensor, y: torch.Tensor, runs: Sequence[Run], resume: dict | None = None
@@ -193,6 +194,7 @@ class WorstCase:
                      "clean": float(correct.mean()), "x_adv": x.clone(),
                      "breaker": torch.full((len(x),), -1, dtype=torch.long, device=x.device)}  # fmt: skip
             records = []
+        self.state = state
         correct, x_adv, breaker = state["correct"], state["x_adv"], state["breaker"]
         names = list(dict.fromkeys(r.group for r in runs))
         if state.get("groups") is None or len(state["groups"]) != len(names):

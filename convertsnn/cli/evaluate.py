@@ -20,7 +20,8 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
 from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.state import StateDir
-from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite
+from convertsnn.attacks.transfer import load_source
+from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite, with_transfer_source
 from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
 
@@ -34,6 +35,7 @@ ATTACK_OPTIONS = {
     "apgd-t": ("steps", "targets", "restarts"),
     "square": ("queries",),
     "transfer": ("steps", "restarts"),
+    "autoattack": (),
 }
 
 
@@ -78,6 +80,20 @@ def write_report(directory: str, document: dict) -> list[Path]:
     atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text(report))
     write_json(folder / "results.json", document)
     return [folder / "report.md", folder / "results.json", *images]
+
+
+def write_adversarial(path: str, adversarial: dict, labels) -> None:
+    """The worst points per (model setting, eps) and the labels, as one .npz file (atomic)."""
+    import numpy as np
+
+    arrays = {"labels": labels.cpu().numpy()}
+    arrays.update({name: images.numpy() for name, images in adversarial.items()})
+
+    def write(tmp) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(Path(path), write)
 
 
 @click.command("evaluate")
@@ -157,6 +173,18 @@ def write_report(directory: str, document: dict) -> list[Path]:
     "--report", type=click.Path(file_okay=False), help="Write report.md, JSON and PNGs here."
 )
 @click.option(
+    "--save-adversarial",
+    type=click.Path(dir_okay=False),
+    help="Write the worst point found per image (and the labels) to this .npz file, one "
+    "array per model setting and eps.",
+)
+@click.option(
+    "--transfer-from",
+    default=None,
+    help="Also transfer adversarial examples from this model (an SNN file or any source "
+    "`convertsnn convert` reads: .onnx, checkpoint, timm:, robustbench:, zoo:).",
+)
+@click.option(
     "--resume",
     type=click.Path(file_okay=False),
     help="State directory: progress is saved there and a rerun with the same settings resumes.",
@@ -166,7 +194,8 @@ def write_report(directory: str, document: dict) -> list[Path]:
 def command(
     ctx, model_file, data, timesteps, suite, attack, eps, norm, steps, alpha, restarts, loss,
     queries, targets, gradient, surrogate, eot, autoattack, autoattack_mode, sanity,
-    attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, resume, device,
+    attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, save_adversarial,
+    transfer_from, resume, device,
 ) -> None:  # fmt: skip
     """Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."""
     import torch
@@ -185,8 +214,15 @@ def command(
                    "targets": targets,
                    "alpha": parse_number_list(alpha, "--alpha")[0] if alpha else None}  # fmt: skip
         evaluation = single_attack_suite(attack, attack_params(attack, options), gradient)
-    if (autoattack or resume) and evaluation is None:
-        raise ConvertSNNError("--autoattack and --resume need --suite or --attack")
+    if (autoattack or resume or save_adversarial or transfer_from) and evaluation is None:
+        raise ConvertSNNError(
+            "--autoattack, --resume, --save-adversarial and --transfer-from need --suite or "
+            "--attack"
+        )
+    if save_adversarial and not str(save_adversarial).endswith(".npz"):
+        raise ConvertSNNError(f"--save-adversarial needs a .npz file name, got {save_adversarial}")
+    if transfer_from:
+        evaluation = with_transfer_source(evaluation, transfer_from)
     torch.manual_seed(seed)
     device = resolve_device(device)
     snn = load_snn(resolve_model_file(model_file), device)
@@ -209,11 +245,15 @@ def command(
     }  # fmt: skip
     state = StateDir(resume, settings) if resume else None
     x, y = (t.to(device) for t in dataset.tensors())
+    if transfer_from:  # load it once here, so a bad source fails before any attack runs
+        load_source(transfer_from, device)
+    adversarial = {} if save_adversarial else None
     rows = evaluate_robustness(
         snn, x, y, ts, eps_values, evaluation, norm=norm, include_ann=ann,
         attack_timesteps=parse_int_list(attack_timesteps, "--attack-timesteps") if attack_timesteps else None,
         surrogate=surrogate, eot=draws, batch_size=batch_size, seed=seed, sanity=sanity,
         autoattack=autoattack, autoattack_mode=autoattack_mode, state=state,
+        adversarial=adversarial,
     )  # fmt: skip
     click.echo(f"{model_file} on {len(dataset)} images of {dataset.name}")
     click.echo(rows_table(rows, evaluation.name if evaluation else ""))
@@ -235,6 +275,9 @@ def command(
         "versions": package_versions(),
     }  # fmt: skip
     write_json_out(out, document)
+    if save_adversarial:
+        write_adversarial(save_adversarial, adversarial, y)
+        click.echo(f"wrote {save_adversarial}")
     if report:
         document = json.loads(json.dumps(document, default=vars))
         written = write_report(report, document)
