@@ -203,7 +203,10 @@ def test_threshold_relative_surrogate_is_a_triangle_as_wide_as_the_threshold():
     torch.manual_seed(0)
     x = torch.rand(5, 7) * 8
     outputs, grads = [], []
-    for snn, scale in ((network("triangle:1:abs"), "threshold"), (network("triangle:4:abs"), "absolute")):
+    for snn, scale in (
+        (network("triangle:1:abs"), "threshold"),
+        (network("triangle:4:abs"), "absolute"),
+    ):
         x_in = x.clone().requires_grad_(True)
         with surrogate_scale(snn, scale):
             out = snn.forward_sequence(x_in)

@@ -87,7 +87,9 @@ def record(label, blackbox, lowered, zero=0, samples=10, nonfinite=0, mode="nati
 
 
 def test_flag_rules():
-    nonfinite = check_gradients([record("a", False, 1, nonfinite=1, mode="m0"), record("b", False, 1)])
+    nonfinite = check_gradients(
+        [record("a", False, 1, nonfinite=1, mode="m0"), record("b", False, 1)]
+    )
     assert nonfinite.raised and "m0: 0% zero, 1 non-finite" in nonfinite.message
     one = check_gradients([record("a", False, 1, zero=6, mode="m1"), record("b", False, 1)])
     assert one.raised and "m1: 60% zero" in one.message and "1 of 2 gradient modes" in one.message

@@ -9,10 +9,10 @@ from torch import nn
 
 from convertsnn import convert, save_snn
 from convertsnn.attacks.ensemble import Run, WorstCase
+from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.state import StateDir
-from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.eval.suites import (
     FULL,
     QUICK,

@@ -50,10 +50,11 @@ class Run:
     @property
     def label(self) -> str:
         """E.g. ``apgd-t-100x9 [adaptive:triangle:0.8]``."""
+        params = dict(self.params)
         parts = "".join(
-            f"{'-' if not _SHORT[k] else _SHORT[k]}{v}"
-            for k, v in self.params
-            if k in _SHORT and not (k == "restarts" and v == 1)
+            f"{'-' if not short else short}{params[k]}"
+            for k, short in _SHORT.items()
+            if k in params and not (k == "restarts" and params[k] == 1)
         )
         extra = ",".join(f"{k}={v}" for k, v in self.params if k not in _SHORT)
         name = f"{self.attack}{parts}" + (f"({extra})" if extra else "")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from convertsnn.attacks.transfer import load_source
 from convertsnn.cli.options import (
     device_option,
     parse_int_list,
@@ -20,7 +21,6 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
 from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.state import StateDir
-from convertsnn.attacks.transfer import load_source
 from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite, with_transfer_source
 from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file

@@ -15,8 +15,8 @@ the evaluation is broken somewhere; a check that passes still reports what it sa
   0.2 % of the samples; its breaks count in the result.
 - ``more-queries``: a repeated black-box run (Square's second restart) still broke more than
   0.2 % of the samples.
-- ``reparametrisation``: the same model rescaled (:mod:`convertsnn.eval.rescale`, factors 1e-3
-  and 1e4) and re-attacked on a sample (FGSM in every white-box mode of the result, PGD-20 in
+- ``reparametrisation``: the same model rescaled (:mod:`convertsnn.eval.rescale`: every
+  threshold brought to 1, every layer x1e-3, every layer x1e4) and re-attacked on a sample (FGSM in every white-box mode of the result, PGD-20 in
   its best mode) gives another number: some gradient mode depends on how the model is written.
 - ``eps-trend``: robust accuracy rises with eps.
 """
@@ -37,6 +37,7 @@ TOLERANCE = 0.002  # fraction of samples, as AutoAttack's Square check
 LARGE_EPS_ACCURACY = 0.02
 ZERO_SHARE = 0.5  # a mode whose input gradient is all zero at more steps than this is masked
 RESCALE_FACTORS = (1e-3, 1e4)
+ZERO_MOVE = 0.2  # a run whose share of zero gradients moves this much under rescaling is flagged
 
 
 @dataclass
@@ -177,34 +178,58 @@ def check_reparametrisation(
     factors: tuple[float, ...] = RESCALE_FACTORS,
 ) -> Flag:
     """Re-attack ``x`` (a sample of correct images) with FGSM in every white-box mode of
-    ``result`` and PGD-20 (step eps/4) in its best mode, on the model as it is and rescaled by
-    each factor; flag when the robust accuracy moves by more than one sample."""
-    from convertsnn.eval.rescale import rescaled
+    ``result`` and PGD-20 (step eps/4) in its best mode, on the model as it is, with every
+    threshold brought to 1, and rescaled by each factor (each run on its own and their worst
+    case); flag when any of these numbers moves by more than one sample, or a run's share of
+    all-zero gradients by more than :data:`ZERO_MOVE`, naming the runs."""
+    from convertsnn.eval.rescale import rescaled, unit_threshold_factors
     from convertsnn.eval.suites import best_mode
 
     modes = [r.mode for r in result.runs if not ATTACKS[r.attack].blackbox]
     if not isinstance(model, SpikingNetwork) or not modes:
         return Flag("reparametrisation", False, "no spiking layers or no white-box run")
     best = best_mode(result.ensemble.records, result.ranking, result.runs)
-    runs = [Run.of("fgsm", m) for m in dict.fromkeys(modes)]
-    runs.append(Run.of("pgd", best, steps=20, step=0.25))
+    runs = [Run.of("fgsm", m, group=f"fgsm [{m}]") for m in dict.fromkeys(modes)]
+    runs.append(Run.of("pgd", best, group=f"pgd [{best}]", steps=20, step=0.25))
 
-    def attack() -> float:
+    def attack() -> dict[str, tuple[float, float]]:
+        """Per run (and their worst case): robust accuracy and share of all-zero gradients."""
         worst = WorstCase(model, result.eps, result.norm, eot, batch_size, seed, progress=False)
-        return worst.run(x, y, runs).robust
+        outcome = worst.run(x, y, runs)
+        out = {"ensemble": (outcome.robust, 0.0)}
+        for run, record in zip(runs, outcome.records, strict=True):
+            zero = record.gradients.get("zero", 0) / max(record.gradients.get("samples", 0), 1)
+            out[record.label] = (float(outcome.groups[run.group].mean()), zero)
+        return out
 
     base = attack()
-    moved = {}
-    for factor in factors:
-        with rescaled(model, factor):
-            moved[factor] = attack()
-    text = f"{len(runs)} runs on {len(x)} images: {100 * base:.1f}% as written, " + ", ".join(
-        f"{100 * v:.1f}% rescaled x{f:g}" for f, v in moved.items()
+    versions = {}
+    for factor in ("unit", *factors):
+        with rescaled(model, unit_threshold_factors(model) if factor == "unit" else factor):
+            versions["thresholds 1" if factor == "unit" else f"x{factor:g}"] = attack()
+    tolerance = 1.0 / max(len(x), 1)
+
+    def moves(name: str) -> bool:
+        (number, zero), others = base[name], [v[name] for v in versions.values()]
+        return any(abs(n - number) > tolerance or abs(z - zero) > ZERO_MOVE for n, z in others)
+
+    moved = [name for name in base if moves(name)]
+    text = (
+        f"{len(runs)} runs on {len(x)} images, robust as written "
+        f"{100 * base['ensemble'][0]:.1f}%, "
+        + ", ".join(f"rescaled ({f}) {100 * v['ensemble'][0]:.1f}%" for f, v in versions.items())
     )
-    if any(abs(v - base) > 1.0 / max(len(x), 1) for v in moved.values()):
-        return Flag("reparametrisation", True, text + ": the number depends on how the model "
-                    "is written (a scale-dependent gradient mode, e.g. an absolute surrogate)")  # fmt: skip
-    return Flag("reparametrisation", False, text)
+    if moved:
+        detail = "; ".join(
+            f"{g}: robust {100 * base[g][0]:.0f}% -> "
+            + "/".join(f"{100 * v[g][0]:.0f}%" for v in versions.values())
+            + f", zero gradients {100 * base[g][1]:.0f}% -> "
+            + "/".join(f"{100 * v[g][1]:.0f}%" for v in versions.values())
+            for g in moved
+        )
+        return Flag("reparametrisation", True, f"{text}; these depend on how the model is "
+                    f"written (scale-dependent gradients, e.g. an absolute surrogate): {detail}")  # fmt: skip
+    return Flag("reparametrisation", False, text + "; no run moved")
 
 
 def check_eps_trend(robust_by_eps: dict[float, float], samples: int) -> Flag:

@@ -87,8 +87,16 @@ STANDARD = Suite(
     "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4, 2 restarts) x top-3, "
     "APGD-CE-100 x top-1, APGD-T-50 (3 targets) x top-1, transfer from the source ANN, "
     "Square-500.",
-    candidates=("native", *SHARP_MODES, "bptt:triangle:0.25:detach", *SEED000_MODES, "bptt:ste",
-                "bptt:triangle:0.5", "bptr", "ann"),  # fmt: skip
+    candidates=(
+        "native",
+        *SHARP_MODES,
+        "bptt:triangle:0.25:detach",
+        *SEED000_MODES,
+        "bptt:ste",
+        "bptt:triangle:0.5",
+        "bptr",
+        "ann",
+    ),
     adaptive=(0.4, 0.8, 1.6),
     probe=True,
     stages=(
@@ -108,8 +116,13 @@ FULL = Suite(
     "(step eps/4, 10 restarts) x top-2, PGD-20 in all, APGD-CE-100 and APGD-DLR-100 x top-3, "
     "APGD-T-100 (9 targets) x top-1, pyautoattack standard x top-1, transfer from the source "
     "ANN, Square-5000 twice.",
-    candidates=("native", *SHARP_MODES, "bptt:triangle:0.25:detach", *SEED000_MODES,
-                *SEED001_MODES),  # fmt: skip
+    candidates=(
+        "native",
+        *SHARP_MODES,
+        "bptt:triangle:0.25:detach",
+        *SEED000_MODES,
+        *SEED001_MODES,
+    ),
     adaptive=(0.25, 0.5, 0.8, 1.25, 2.0),
     probe=True,
     stages=(
