@@ -193,3 +193,31 @@ def test_cli_bad_evaluation_v2_options(mnist_npz, args, message):
     result = evaluate(ZOO, "--data", mnist_npz, "--no-ann", *args)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert message in result.output.splitlines()[-1], result.output
+
+
+class NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_non_finite_gradients_are_counted_flagged_and_not_passed_on(images):
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            return linear(NaNGradient.apply(x))
+
+    model = Broken()
+    y = linear(images).argmax(1)
+    suite = Suite("nan", "", ("native",), (), False, (Stage("pgd", {"steps": 3}),), more_steps=0)
+    result = run_suite(suite, model, images, y, 8 / 255, progress=False)
+    assert torch.isfinite(result.ensemble.x_adv).all()
+    assert result.ensemble.records[0].gradients["nonfinite"] > 0
+    flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=8)}
+    assert flags["gradients"].raised and "non-finite" in flags["gradients"].message
