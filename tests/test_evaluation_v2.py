@@ -221,3 +221,14 @@ def test_non_finite_gradients_are_counted_flagged_and_not_passed_on(images):
     assert result.ensemble.records[0].gradients["nonfinite"] > 0
     flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=8)}
     assert flags["gradients"].raised and "non-finite" in flags["gradients"].message
+
+
+@pytest.mark.parametrize("name", ["standard", "full", "s001"])
+def test_suites_that_cannot_run_on_a_model_stop_before_attacking(images, name):
+    torch.manual_seed(0)
+    three_classes = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 3)).eval()
+    y = three_classes(images).argmax(1)
+    with pytest.raises(ConvertSNNError, match="at least 4 classes") as err:
+        run_suite(name, three_classes, images, y, 8 / 255, progress=False)
+    assert "\n" not in str(err.value)
+    assert run_suite("quick", three_classes, images, y, 8 / 255, progress=False).robust < 1

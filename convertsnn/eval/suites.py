@@ -350,6 +350,18 @@ def prepare_runs(
     return resolve_runs(suite, model, modes), ranking
 
 
+def check_suite(suite: Suite, model: nn.Module, x: torch.Tensor) -> None:
+    """Raise a one-line error before any attack runs if ``suite`` cannot run on ``model``."""
+    if "apgd-t" in {stage.attack for stage in suite.stages}:
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        if classes < 4:
+            raise ConvertSNNError(
+                f"suite '{suite.name}' runs APGD-T, which needs at least 4 classes; the model "
+                f"has {classes}: use --suite quick or single attacks"
+            )
+
+
 def run_suite(
     suite: Suite | str,
     model: nn.Module,
@@ -380,6 +392,7 @@ def run_suite(
         ranking = [ModeScore(**s) for s in saved["ranking"]]
         extra = saved.get("more_steps", False)
     else:
+        check_suite(suite, model, x)
         runs, ranking = prepare_runs(suite, model, x, y, eps, norm, eot, probe_samples, seed,
                                      batch_size)  # fmt: skip
         extra = False
