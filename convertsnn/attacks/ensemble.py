@@ -113,32 +113,43 @@ class EnsembleResult:
         ]  # fmt: skip
 
 
+def per_sample(
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``score(x_batch, y_batch)`` (one number per sample) over ``x`` in batches, no gradients."""
+    out = torch.empty(len(x), device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            stop = start + batch_size
+            out[start:stop] = score(x[start:stop], y[start:stop])
+    return out
+
+
 def expected_correct(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, batch_size: int = 256
 ) -> torch.Tensor:
     """Fraction of ``draws`` forward passes that classify each sample correctly, ``[N]``."""
-    out = torch.empty(len(x), device=x.device)
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            hits = sum((model(xb).argmax(1) == yb).float() for _ in range(draws))
-            out[start : start + batch_size] = hits / draws
-    return out
+
+    def score(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return sum((model(xb).argmax(1) == yb).float() for _ in range(draws)) / draws
+
+    return per_sample(score, x, y, batch_size)
 
 
 def margins(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, batch_size: int = 256
 ) -> torch.Tensor:
     """``z_y - max_{j != y} z_j`` of the EOT-mean logits per sample, ``[N]`` (< 0: broken)."""
-    out = torch.empty(len(x), device=x.device)
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = sum(model(xb) for _ in range(draws)) / draws
-            true = logits.gather(1, yb[:, None]).squeeze(1)
-            others = logits.scatter(1, yb[:, None], float("-inf")).max(dim=1).values
-            out[start : start + batch_size] = true - others
-    return out
+
+    def score(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        logits = sum(model(xb) for _ in range(draws)) / draws
+        true = logits.gather(1, yb[:, None]).squeeze(1)
+        return true - logits.scatter(1, yb[:, None], float("-inf")).max(dim=1).values
+
+    return per_sample(score, x, y, batch_size)
 
 
 def batch_seed(seed: int, run: int, batch: int) -> int:
