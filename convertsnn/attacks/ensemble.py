@@ -261,8 +261,8 @@ class WorstCase:
                               records, dict(zip(names, groups, strict=True)))  # fmt: skip
 
     def _save(self, state: dict, records: list[RunRecord]) -> None:
+        state["records"] = [asdict(r) for r in records]  # so that ``self.state`` can go on
         if self.checkpoint is not None:
-            state["records"] = [asdict(r) for r in records]
             self.checkpoint(state)
 
 

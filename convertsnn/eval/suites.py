@@ -399,15 +399,15 @@ def run_suite(
     meta = {"runs": [], "ranking": [vars(s) for s in ranking], "more_steps": extra}
 
     def checkpoint(progress_state: dict) -> None:
-        if state is not None:
-            state.save(progress_state, meta)
+        state.save(progress_state, meta)
 
     def describe(run_list: list[Run]) -> None:
         meta["runs"] = [{"attack": r.attack, "params": list(r.params), "mode": r.mode,
                          "group": r.group} for r in run_list]  # fmt: skip
 
     describe(runs)
-    ensemble = WorstCase(model, eps, norm, eot, batch_size, seed, checkpoint, progress)
+    ensemble = WorstCase(model, eps, norm, eot, batch_size, seed,
+                         checkpoint if state is not None else None, progress)  # fmt: skip
     result = ensemble.run(x, y, runs, resume=saved["progress"] if saved else None)
     if more_steps and suite.more_steps and not extra and (result.correct > 0).any():
         if any(not ATTACKS[r.attack].blackbox for r in runs):
