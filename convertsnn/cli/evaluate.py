@@ -109,7 +109,8 @@ def write_adversarial(path: str, adversarial: dict, labels) -> None:
     type=click.Choice(list(SUITES)),
     default=None,
     help="Attack suite: per-sample worst case over attacks and gradient modes, with early "
-    "exit (see docs/evaluation.md).",
+    "exit; s001 is seed 001's protocol with one number per attack family (see "
+    "docs/evaluation.md).",
 )
 @click.option(
     "--attack",
@@ -130,10 +131,13 @@ def write_adversarial(path: str, adversarial: dict, labels) -> None:
 @click.option(
     "--gradient",
     default=None,
-    help="Gradient mode of a single attack: bptt:FAMILY[:G], bptr, ann, adaptive[:FAMILY[:A]].",
+    help="Gradient mode of a single attack: native, bptt:FAMILY[:G][:abs][:detach], bptr, ann, "
+    "adaptive[:FAMILY[:A]][:detach] (widths relative to the threshold unless :abs).",
 )
 @click.option(
-    "--surrogate", default=None, help="The model's BPTT surrogate for the attacks (FAMILY[:G])."
+    "--surrogate",
+    default=None,
+    help="The model's BPTT surrogate for the attacks (FAMILY[:G][:abs][:detach]).",
 )
 @click.option(
     "--eot",
@@ -261,6 +265,9 @@ def command(
         for key, detail in row.details.items():
             click.echo(f"\n{row.model}, eps={float(key):.4g}: robust {100 * detail['robust']:.2f}%")
             click.echo(runs_table(detail, per_run=False))
+            if "groups" in detail:
+                click.echo("per family: " + ", ".join(
+                    f"{name} {100 * value:.2f}%" for name, value in detail["groups"].items()))  # fmt: skip
             if "autoattack" in detail:
                 aa = detail["autoattack"]
                 click.echo(f"AutoAttack {aa['version']} [{aa['mode']}]: {100 * aa['robust']:.2f}%")
