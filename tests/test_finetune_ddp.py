@@ -60,3 +60,26 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         )
         assert got["train_clean_acc"] == want["train_clean_acc"]
         assert got["val_clean_acc"] == want["val_clean_acc"]  # sharded held-out set, summed
+
+
+def test_one_process_under_torchrun_starts_a_process_group(monkeypatch):
+    """`torchrun --nproc_per_node 1` takes the process-group path (NCCL on a GPU, here gloo)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from convertsnn.finetune.distributed import distributed_context
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    with distributed_context("cpu") as ctx:
+        assert ctx.distributed and dist.get_backend() == "gloo"
+        assert ctx.sum([1.5, 2.0]) == [1.5, 2.0] and ctx.gather("x") == ["x"]
+        assert isinstance(
+            ctx.wrap(torch.nn.Linear(2, 2)), torch.nn.parallel.DistributedDataParallel
+        )
+    assert not dist.is_initialized()

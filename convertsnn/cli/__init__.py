@@ -49,9 +49,23 @@ def main() -> None:
 
 
 def _register() -> None:
-    from convertsnn.cli import certify, convert, demo, evaluate, finetune, models, train, zoo
+    from convertsnn.cli import (
+        certify,
+        convert,
+        demo,
+        evaluate,
+        export,
+        finetune,
+        import_nir,
+        models,
+        profile,
+        train,
+        zoo,
+    )
 
     for module in (certify, convert, demo, evaluate, finetune, models, train, zoo):
+        main.add_command(module.command)
+    for module in (export, import_nir, profile):
         main.add_command(module.command)
 
 

@@ -96,6 +96,16 @@ def write_adversarial(path: str, adversarial: dict, labels) -> None:
     atomic_write(Path(path), write)
 
 
+def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Path]:
+    """Spikes, operations and energy at the model's T on the first 1,000 clean images
+    (docs/export.md)."""
+    from convertsnn.eval.energy import profile_snn
+    from convertsnn.eval.energy_report import write_profile_report
+
+    profile = profile_snn(snn, x[:1000], y[:1000], batch_size, model=str(model_file), data=data)
+    return write_profile_report(folder, profile)[1:]  # [0] is report.md, already listed
+
+
 @click.command("evaluate")
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.option(
@@ -288,4 +298,5 @@ def command(
     if report:
         document = json.loads(json.dumps(document, default=vars))
         written = write_report(report, document)
+        written += _profile_report(report, snn, x, y, model_file, dataset.name, batch_size)
         click.echo(f"wrote {', '.join(str(p) for p in written)}")

