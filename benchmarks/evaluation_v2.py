@@ -7,8 +7,8 @@ attack; clean errors count as broken) and wall time of:
 - ``pgd20``: one PGD-20 run in the model's own gradient mode (the cost baseline);
 - the new suites (``--suites``, default ``quick standard``; ``full`` and ``s001`` take the same
   flag), with the more-steps run they end with, without the other sanity checks;
-- the old suites (``--old-suites``) from the git revision ``--old-rev`` (default: the
-  merge-base with ``main``), run in a subprocess on that revision's package;
+- the old suites (``--old-suites``) from the git revision ``--old-rev`` (default: the last
+  revision before evaluation v2), run in a subprocess on that revision's package;
 - outside attacks: pyautoattack ``standard`` and torchattacks PGD-100 / APGD-CE / APGD-DLR on
   the SNN in its own gradient mode, and an **independent attack** written here without
   ``convertsnn.attacks``: its own IF simulation read from the saved file (chain graphs of
@@ -167,6 +167,7 @@ def judge(snn, adv, y) -> torch.Tensor:
 
 # --- the old suites, from git history ------------------------------------------------------
 
+OLD_REV = "c6bbfdb1f8e8a0fd708e538af1eb129d086df1cc"  # the last revision before evaluation v2
 OLD_RUNNER = """
 import json, sys, time, torch
 import convertsnn
@@ -222,7 +223,7 @@ def main() -> None:
     parser.add_argument("-T", "--timesteps", type=int, default=None)
     parser.add_argument("--suites", nargs="*", default=["quick", "standard"])
     parser.add_argument("--old-suites", nargs="*", default=["quick"])
-    parser.add_argument("--old-rev", default=None)
+    parser.add_argument("--old-rev", default=OLD_REV)
     parser.add_argument("--no-libraries", action="store_true")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--results", default="benchmarks/results/evaluation_v2")
@@ -238,8 +239,7 @@ def main() -> None:
     if args.timesteps:
         snn.timesteps = args.timesteps
     x, y = load_dataset(args.data, split="test", limit=args.images).tensors()
-    old_rev = args.old_rev or subprocess.run(["git", "merge-base", "HEAD", "main"], check=True,
-                                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+    old_rev = args.old_rev
     document = {"command": " ".join(map(shlex.quote, ["python", *sys.argv])), "model": args.snn,
                 "timesteps": snn.timesteps, "images": len(x), "native_mode": native_mode(snn),
                 "old_rev": old_rev, "machine": f"{platform.machine()}, CPU, 1 thread",
