@@ -196,9 +196,8 @@ def old_suites(rev, snn_path, timesteps, x, y, eps, names) -> dict[str, tuple[to
                                  capture_output=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         torch.save({"x": x, "y": y}, Path(tmp) / "data.pt")
-        env_path = f"{tmp}"
         result = subprocess.run(
-            [sys.executable, "-c", OLD_RUNNER, env_path, str(Path(snn_path).resolve()),
+            [sys.executable, "-c", OLD_RUNNER, tmp, str(Path(snn_path).resolve()),
              str(timesteps), str(Path(tmp) / "data.pt"), str(eps), ",".join(names)],
             check=True, capture_output=True, text=True, cwd=tmp,
             env={"PYTHONPATH": tmp, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
