@@ -21,6 +21,7 @@ FAST = {
     "apgd-t": {"steps": 10, "targets": 3},
     "square": {"queries": 300},
     "transfer": {"steps": 10},
+    "autoattack": {"version": "standard"},
 }
 
 

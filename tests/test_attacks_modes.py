@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from convertsnn import convert
-from convertsnn.attacks import PGD, SEED001_MODES, ModelInMode, parse_gradient_mode
+from convertsnn.attacks import PGD, SEED000_MODES, SEED001_MODES, ModelInMode, parse_gradient_mode
 from convertsnn.attacks.adaptive_surrogate import AdaptiveSurrogate
 from convertsnn.attacks.ensemble import expected_correct
 from convertsnn.errors import ConvertSNNError
@@ -28,8 +28,13 @@ def test_parse_gradient_modes():
     assert str(parse_gradient_mode("BPTT:rect:0.25")) == "bptt:rect:0.25"
     assert str(parse_gradient_mode("adaptive")) == "adaptive:triangle:0.8"
     assert str(parse_gradient_mode("adaptive:sigmoid:1.5")) == "adaptive:sigmoid:1.5"
+    assert str(parse_gradient_mode("bptt:sigmoid:20:detach")) == "bptt:sigmoid:20:detach"
+    assert str(parse_gradient_mode("bptt:triangle:1:abs")) == "bptt:triangle:1:abs"
+    assert str(parse_gradient_mode("adaptive:detach")) == "adaptive:triangle:0.8:detach"
+    assert str(parse_gradient_mode("adaptive:rect:0.5:detach")) == "adaptive:rect:0.5:detach"
     assert not parse_gradient_mode("ann").exact and parse_gradient_mode("bptr").exact
-    for bad in ("bptx", "ann:1", "adaptive:ste", "adaptive:triangle:-1", "bptt:boxcar"):
+    for bad in ("bptx", "ann:1", "adaptive:ste", "adaptive:triangle:-1", "bptt:boxcar",
+                "bptt:rect:0", "bptt:triangle:-0.5", "bptt:sigmoid:detach:20"):  # fmt: skip
         with pytest.raises(ConvertSNNError):
             parse_gradient_mode(bad)
 
@@ -43,7 +48,8 @@ def test_seed001_has_19_variants_with_17_surrogates():
 def test_every_mode_gives_gradients_and_restores_the_model(snn, images):
     y = snn(images).argmax(1)
     surrogates = [str(n.surrogate) for n in snn.neurons()]
-    for mode in (*SEED001_MODES, "adaptive", "adaptive:sigmoid:1"):
+    for mode in (*SEED001_MODES, *SEED000_MODES, "bptt:sigmoid:20:detach", "adaptive",
+                 "adaptive:sigmoid:1:detach", "bptt:triangle:1:abs"):  # fmt: skip
         grad = input_gradient(snn, images, y, mode)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0, mode
     assert snn.gradient_mode == "bptt"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from torch import nn
 
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune import FinetuneConfig, TrainConfig, finetune, load_recipe
-from convertsnn.finetune.surrogate import threshold_relative
+from convertsnn.finetune.surrogate import surrogate_scale
 from convertsnn.importers import load_ann
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.neurons import IFNeuron
@@ -217,9 +216,12 @@ def test_threshold_relative_surrogate_is_a_triangle_as_wide_as_the_threshold():
     torch.manual_seed(0)
     x = torch.rand(5, 7) * 8
     outputs, grads = [], []
-    for snn, relative in ((network("triangle:1"), True), (network("triangle:4"), False)):
+    for snn, scale in (
+        (network("triangle:1:abs"), "threshold"),
+        (network("triangle:4:abs"), "absolute"),
+    ):
         x_in = x.clone().requires_grad_(True)
-        with threshold_relative(snn) if relative else nullcontext():
+        with surrogate_scale(snn, scale):
             out = snn.forward_sequence(x_in)
             out.pow(2).sum().backward()
         outputs.append(out.detach())
@@ -228,3 +230,4 @@ def test_threshold_relative_surrogate_is_a_triangle_as_wide_as_the_threshold():
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0][0].abs().sum() > 0 and grads[0][1] != 0
     assert str(next(network("triangle:1").neurons()).surrogate) == "triangle:1"
+    assert str(next(network("triangle:1:abs").neurons()).surrogate) == "triangle:1:abs"

@@ -87,10 +87,17 @@ def record(label, blackbox, lowered, zero=0, samples=10, nonfinite=0, mode="nati
 
 
 def test_flag_rules():
-    assert check_gradients([record("a", False, 1, nonfinite=1)]).raised
-    some = check_gradients([record("a", False, 1, zero=3, mode="m1"), record("b", False, 1)])
-    assert not some.raised and "m1" in some.message
-    assert check_gradients([record("a", False, 1, zero=3)]).raised
+    nonfinite = check_gradients(
+        [record("a", False, 1, nonfinite=1, mode="m0"), record("b", False, 1)]
+    )
+    assert nonfinite.raised and "m0: 0% zero, 1 non-finite" in nonfinite.message
+    one = check_gradients([record("a", False, 1, zero=6, mode="m1"), record("b", False, 1)])
+    assert one.raised and "m1: 60% zero" in one.message and "1 of 2 gradient modes" in one.message
+    few = check_gradients([record("a", False, 1, zero=3, mode="m1"), record("b", False, 1)])
+    assert not few.raised and "m1 30%" in few.message
+    # the share is over all steps of a mode, not of its worst run
+    split = [record("a", False, 1, zero=9, mode="m1"), record("b", False, 1, mode="m1")]
+    assert not check_gradients(split).raised
     assert not check_blackbox([record("sq", True, 2)], samples=1000).raised  # 0.2 % tolerance
     assert check_blackbox([record("sq", True, 3)], samples=1000).raised
     twice = check_blackbox([record("sq", True, 2), record("sq", True, 1)], samples=1000)
@@ -104,11 +111,14 @@ def test_more_steps_breaks_count_in_the_result(images):
     y = model(images).argmax(1)
     weak = Suite("weak", "", ("native",), (), False, (Stage("pgd", {"steps": 1, "alpha": 0.001}),))
     result = run_suite(weak, model, images, y, eps=8 / 255, progress=False)
-    before = result.robust
+    first = result.ensemble.records[0].robust_after
     flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=8)}
-    assert flags["more-steps"].raised
-    assert result.robust < before and result.runs[-1] == Run.of("apgd-ce", steps=4)
+    assert flags["more-steps"].raised and "counted" in flags["more-steps"].message
+    assert result.robust < first and result.runs[-1] == Run.of("apgd-ce", steps=2)
+    assert result.ensemble.records[-1].note == "more-steps check"
     assert float(result.ensemble.correct.mean()) == result.robust
+    without = run_suite(weak, model, images, y, eps=8 / 255, progress=False, more_steps=False)
+    assert without.robust == first and len(without.runs) == 1
 
 
 def test_autoattack_cross_check_passes_on_its_warnings(images):

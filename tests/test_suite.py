@@ -9,12 +9,15 @@ from torch import nn
 
 from convertsnn import convert, save_snn
 from convertsnn.attacks.ensemble import Run, WorstCase
+from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import (
     FULL,
     QUICK,
+    S001,
+    SHARP_MODES,
     STANDARD,
     Stage,
     Suite,
@@ -94,10 +97,15 @@ def test_state_directory_round_trip_and_settings_check(images, tmp_path):
 def test_suites_grow_in_strength():
     assert len(QUICK.candidates) < len(STANDARD.candidates) < len(FULL.candidates)
     assert {"bptr", "ann"} <= set(QUICK.candidates)
-    assert len(FULL.candidates) == 20  # native + seed 001's 19 variants
+    assert set(SEED001_MODES) | set(SEED000_MODES) | set(SHARP_MODES) <= set(FULL.candidates)
     for suite in (QUICK, STANDARD, FULL):
         assert suite.stages[-1].attack == "square"  # black-box last: the flag needs it
-        assert suite.adaptive
+        assert suite.adaptive and suite.more_steps
+        assert set(SHARP_MODES) <= set(suite.candidates)
+    assert "autoattack" in {st.attack for st in FULL.stages}
+    assert S001.candidates == SEED001_MODES and S001.families and not S001.probe
+    assert [st.attack for st in S001.stages] == ["fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr",
+                                                 "apgd-t"]  # fmt: skip
 
 
 def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
@@ -109,9 +117,11 @@ def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
     assert [(s.broken, s.loss) for s in ranking] == sorted(
         [(s.broken, s.loss) for s in ranking], reverse=True
     )
+    assert len({r.mode for r in runs if r.mode.startswith("adaptive")}) <= 1
     pgd_modes = [r.mode for r in runs if r.attack == "pgd"]
-    assert sum(m.startswith("adaptive") for m in pgd_modes) == 1
+    assert len(pgd_modes) == 3 and pgd_modes[0] == ranking[0].mode
     assert [r.mode for r in runs if r.attack == "apgd-t"] == pgd_modes[:1]
+    assert all(s.samples == 8 and s.spread >= 0 for s in ranking)
     assert [r.attack for r in runs][-2:] == ["transfer", "square"]
 
 

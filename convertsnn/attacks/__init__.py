@@ -8,9 +8,11 @@ from torch import nn
 
 from convertsnn.attacks.apgd import APGD
 from convertsnn.attacks.apgd_targeted import APGDT
+from convertsnn.attacks.autoattack import AutoAttackRun
 from convertsnn.attacks.base import Attack
 from convertsnn.attacks.fgsm import FGSM
 from convertsnn.attacks.gradient_modes import (
+    SEED000_MODES,
     SEED001_MODES,
     GradientMode,
     ModelInMode,
@@ -31,6 +33,7 @@ ATTACKS = {
     "apgd-t": APGDT,
     "square": Square,
     "transfer": Transfer,
+    "autoattack": AutoAttackRun,
 }
 
 
@@ -62,8 +65,10 @@ __all__ = [
     "FGSM",
     "PGD",
     "RFGSM",
+    "SEED000_MODES",
     "SEED001_MODES",
     "Attack",
+    "AutoAttackRun",
     "GradientMode",
     "ModelInMode",
     "Square",

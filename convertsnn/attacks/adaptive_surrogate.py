@@ -51,6 +51,7 @@ class AdaptiveSurrogate:
         family: surrogate family (any but ``ste``).
         coefficient: ``a`` above; larger is sharper.
         relax, beta1, beta2: the paper's defaults 1.5, 0.9, 0.9.
+        detach_reset: exclude the reset term from the graph (see :mod:`convertsnn.snn.neurons`).
     """
 
     def __init__(
@@ -61,8 +62,10 @@ class AdaptiveSurrogate:
         relax: float = 1.5,
         beta1: float = 0.9,
         beta2: float = 0.9,
+        detach_reset: bool = False,
     ) -> None:
         check_adaptive(family, coefficient)
+        self.detach_reset = detach_reset
         self.neuron = neuron
         self.family = family
         self.coefficient = float(coefficient)
@@ -71,8 +74,9 @@ class AdaptiveSurrogate:
         self.second: list[torch.Tensor | None] = []
         self.step = 0
 
-    def spike(self, x: torch.Tensor) -> torch.Tensor:
-        """Heaviside step of ``x = u - theta`` with the adaptive surrogate in the backward pass."""
+    def spike(self, x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Heaviside step of ``x = u - theta`` with the adaptive surrogate in the backward pass
+        (``theta`` is not needed: the width follows ``|x|``, so it scales with the layer)."""
         steps = self.neuron.timesteps
         if len(self.first) != steps:
             self.first, self.second, self.step = [None] * steps, [None] * steps, 0
@@ -100,7 +104,8 @@ class AdaptiveSurrogate:
             second.mul_(self.beta2).add_(distance.sub_(first).abs_(), alpha=1 - self.beta2)
 
     def __str__(self) -> str:
-        return f"adaptive:{self.family}:{self.coefficient:g}"
+        detach = ":detach" if self.detach_reset else ""
+        return f"adaptive:{self.family}:{self.coefficient:g}{detach}"
 
 
 class _AdaptiveSpike(torch.autograd.Function):

@@ -32,23 +32,29 @@ _SHORT = {"steps": "", "queries": "", "targets": "x", "restarts": "r"}
 
 @dataclass(frozen=True)
 class Run:
-    """One attack (name and arguments, see :func:`build_attack`) in one gradient mode."""
+    """One attack (name and arguments, see :func:`build_attack`) in one gradient mode.
+
+    ``group``: runs of one group attack only the survivors of that group's earlier runs, so each
+    group's own worst case is known (seed 001 reports one number per attack family); the
+    ensemble number is the per-sample worst case over all groups."""
 
     attack: str
     params: tuple[tuple[str, object], ...] = ()
     mode: str = "native"
+    group: str = ""
 
     @classmethod
-    def of(cls, attack: str, mode: str = "native", **params) -> Run:
-        return cls(attack, tuple(sorted(params.items())), mode)
+    def of(cls, attack: str, mode: str = "native", group: str = "", **params) -> Run:
+        return cls(attack, tuple(sorted(params.items())), mode, group)
 
     @property
     def label(self) -> str:
         """E.g. ``apgd-t-100x9 [adaptive:triangle:0.8]``."""
+        params = dict(self.params)
         parts = "".join(
-            f"{'-' if not _SHORT[k] else _SHORT[k]}{v}"
-            for k, v in self.params
-            if k in _SHORT and not (k == "restarts" and v == 1)
+            f"{'-' if not short else short}{params[k]}"
+            for k, short in _SHORT.items()
+            if k in params and not (k == "restarts" and params[k] == 1)
         )
         extra = ",".join(f"{k}={v}" for k, v in self.params if k not in _SHORT)
         name = f"{self.attack}{parts}" + (f"({extra})" if extra else "")
@@ -77,7 +83,8 @@ class RunRecord:
 @dataclass
 class EnsembleResult:
     """Per-sample worst case: expected correctness ``correct`` ``[N]`` (0/1 if deterministic),
-    the worst point found ``x_adv``, and ``breaker`` = index of the run that found it (-1: none)."""
+    the worst point found ``x_adv``, ``breaker`` = index of the run that found it (-1: none),
+    and per group of runs (see :class:`Run`) its own per-sample correctness ``groups``."""
 
     clean: float
     robust: float
@@ -85,23 +92,64 @@ class EnsembleResult:
     x_adv: torch.Tensor
     breaker: torch.Tensor
     records: list[RunRecord]
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"clean": self.clean, "robust": self.robust,
-                "runs": [asdict(r) for r in self.records]}  # fmt: skip
+        out = {"clean": self.clean, "robust": self.robust,
+               "runs": [asdict(r) for r in self.records]}  # fmt: skip
+        if len(self.groups) > 1:
+            out["groups"] = {g: float(c.mean()) for g, c in self.groups.items()}
+        return out
+
+    def samples(self, margins: torch.Tensor) -> list[dict]:
+        """Per image: whether it survives, the label of the run that broke it, its margin
+        ``z_y - max_{j != y} z_j`` at the worst point found (EOT mean of the logits)."""
+        labels = [r.label for r in self.records]
+        return [
+            {"index": i, "survives": bool(c > 0), "correct": float(c),
+             "broken_by": labels[b] if b >= 0 else None, "margin": float(m)}
+            for i, (c, b, m) in enumerate(zip(self.correct.tolist(), self.breaker.tolist(),
+                                              margins.tolist(), strict=True))
+        ]  # fmt: skip
+
+
+def per_sample(
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``score(x_batch, y_batch)`` (one number per sample) over ``x`` in batches, no gradients."""
+    out = torch.empty(len(x), device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            stop = start + batch_size
+            out[start:stop] = score(x[start:stop], y[start:stop])
+    return out
 
 
 def expected_correct(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, batch_size: int = 256
 ) -> torch.Tensor:
     """Fraction of ``draws`` forward passes that classify each sample correctly, ``[N]``."""
-    out = torch.empty(len(x), device=x.device)
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            hits = sum((model(xb).argmax(1) == yb).float() for _ in range(draws))
-            out[start : start + batch_size] = hits / draws
-    return out
+
+    def score(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return sum((model(xb).argmax(1) == yb).float() for _ in range(draws)) / draws
+
+    return per_sample(score, x, y, batch_size)
+
+
+def margins(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, batch_size: int = 256
+) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` of the EOT-mean logits per sample, ``[N]`` (< 0: broken)."""
+
+    def score(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        logits = sum(model(xb) for _ in range(draws)) / draws
+        true = logits.gather(1, yb[:, None]).squeeze(1)
+        return true - logits.scatter(1, yb[:, None], float("-inf")).max(dim=1).values
+
+    return per_sample(score, x, y, batch_size)
 
 
 def batch_seed(seed: int, run: int, batch: int) -> int:
@@ -135,6 +183,7 @@ class WorstCase:
         self.model, self.eps, self.norm, self.eot = model, float(eps), norm, int(eot)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.checkpoint, self.progress = checkpoint, progress
+        self.state: dict | None = None  # the last run's state, to continue it with more runs
 
     def run(
         self, x: torch.Tensor, y: torch.Tensor, runs: Sequence[Run], resume: dict | None = None
@@ -157,13 +206,24 @@ class WorstCase:
                      "clean": float(correct.mean()), "x_adv": x.clone(),
                      "breaker": torch.full((len(x),), -1, dtype=torch.long, device=x.device)}  # fmt: skip
             records = []
+        self.state = state
         correct, x_adv, breaker = state["correct"], state["x_adv"], state["breaker"]
+        names = list(dict.fromkeys(r.group for r in runs))
+        if state.get("groups") is None or len(state["groups"]) != len(names):
+            saved = state.get("groups")
+            fresh = state["correct"].new_empty(len(names), len(x))
+            fresh[:] = state["correct"]  # a new group starts from the ensemble's survivors
+            if saved is not None:
+                fresh[: len(saved)] = saved
+            state["groups"] = fresh
+        groups = state["groups"]
         bar = tqdm(total=len(runs), initial=state["run"], desc="attacks", leave=False,
                    disable=not self.progress)  # fmt: skip
         for r in range(state["run"], len(runs)):
             spec = runs[r]
+            own = groups[names.index(spec.group)]
             if state["pending"] is None:
-                state["pending"] = (correct > 0).nonzero().squeeze(1)
+                state["pending"] = (own > 0).nonzero().squeeze(1)
                 state["batch"] = 0
                 records.append(RunRecord(spec.label, spec.attack, spec.mode, False))
             record, pending = records[r], state["pending"]
@@ -179,6 +239,7 @@ class WorstCase:
                 attack.grad_stats = GradientStats()
                 candidate = attack(x[idx], y[idx])
                 p = expected_correct(self.model, candidate, y[idx], self.eot, self.batch_size)
+                own[idx] = torch.minimum(own[idx], p)
                 lower = p < correct[idx]
                 correct[idx[lower]] = p[lower]
                 x_adv[idx[lower]] = candidate[lower]
@@ -197,11 +258,11 @@ class WorstCase:
             bar.set_postfix(robust=f"{100 * record.robust_after:.1f}%")
         bar.close()
         return EnsembleResult(state["clean"], float(correct.mean()), correct, x_adv, breaker,
-                              records)  # fmt: skip
+                              records, dict(zip(names, groups, strict=True)))  # fmt: skip
 
     def _save(self, state: dict, records: list[RunRecord]) -> None:
+        state["records"] = [asdict(r) for r in records]  # so that ``self.state`` can go on
         if self.checkpoint is not None:
-            state["records"] = [asdict(r) for r in records]
             self.checkpoint(state)
 
 

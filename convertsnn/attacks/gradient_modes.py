@@ -2,23 +2,30 @@
 
 A mode is written as a spec string:
 
-=============================  =============================================================
-spec                           gradients
-=============================  =============================================================
-``native``                     whatever the model is set to (the default; any nn.Module)
-``bptt:FAMILY[:G]``            BPTT with a surrogate of :mod:`convertsnn.snn.surrogate`,
-                               e.g. ``bptt:triangle:0.5``, ``bptt:ste`` (straight-through)
-``bptr``                       backprop through the firing rate (seed 001's ``RateBp``)
-``ann``                        the source-ANN proxy: same weights, ReLU, one step
-``adaptive[:FAMILY[:A]]``      adaptive-sharpness surrogate (Wang et al. 2025, see
-                               :mod:`convertsnn.attacks.adaptive_surrogate`); default
-                               ``adaptive:triangle:0.8``
-=============================  =============================================================
+=====================================  =====================================================
+spec                                   gradients
+=====================================  =====================================================
+``native``                             whatever the model is set to (the default; any
+                                       nn.Module): the surrogate it was converted or
+                                       finetuned with
+``bptt:FAMILY[:G][:abs][:detach]``     BPTT with a surrogate of :mod:`convertsnn.snn.surrogate`
+                                       on the threshold-normalised membrane
+                                       ``(u - theta) / theta`` (``abs``: on ``u - theta``;
+                                       ``detach``: reset excluded from the graph), e.g.
+                                       ``bptt:triangle:0.5``, ``bptt:sigmoid:20:detach``,
+                                       ``bptt:ste``
+``bptr``                               backprop through the firing rate (seed 001's ``RateBp``)
+``ann``                                the source-ANN proxy: same weights, ReLU, one step
+``adaptive[:FAMILY[:A]][:detach]``     adaptive-sharpness surrogate (Wang et al. 2025, see
+                                       :mod:`convertsnn.attacks.adaptive_surrogate`); default
+                                       ``adaptive:triangle:0.8``
+=====================================  =====================================================
 
 Only the backward pass changes, so the logits of a gradient pass are the SNN's own, except in
 ``ann`` mode: there attacks take the proxy's gradient but judge loss and success on the SNN
 (one extra forward pass per step). Seed 001 (Oezdenizci & Legenstein, TMLR 2024) evaluates each
-attack in 19 variants: :data:`SEED001_MODES`.
+attack in 19 variants: :data:`SEED001_MODES` (its thresholds are of order one, so its widths
+read as threshold-relative here); seed 000's surrogates are :data:`SEED000_MODES`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ SEED001_SURROGATES = (
     "ste",
 )
 SEED001_MODES = (*(f"bptt:{s}" for s in SEED001_SURROGATES), "bptr", "ann")
+SEED000_MODES = ("bptt:sigmoid:4", "bptt:atan:2")
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,8 @@ def parse_gradient_mode(spec: str | GradientMode | None) -> GradientMode:
     kind, _, param = str(spec).strip().lower().partition(":")
     if kind not in KINDS:
         raise ConvertSNNError(
-            f"unknown gradient mode '{spec}'; use native, bptt:FAMILY[:G], bptr, ann or "
-            "adaptive[:FAMILY[:A]]"
+            f"unknown gradient mode '{spec}'; use native, bptt:FAMILY[:G][:abs][:detach], bptr, "
+            "ann or adaptive[:FAMILY[:A]][:detach]"
         )
     if kind in ("native", "bptr", "ann"):
         if param:
@@ -84,6 +92,8 @@ def parse_gradient_mode(spec: str | GradientMode | None) -> GradientMode:
         return GradientMode(kind)
     if kind == "bptt":
         return GradientMode(kind, str(parse_surrogate(param or "triangle")))
+    detach = param == "detach" or param.endswith(":detach")
+    param = param.removesuffix("detach").removesuffix(":")
     family, _, coefficient = (param or "triangle").partition(":")
     try:
         a = float(coefficient) if coefficient else 0.8
@@ -92,7 +102,7 @@ def parse_gradient_mode(spec: str | GradientMode | None) -> GradientMode:
             f"adaptive coefficient in '{spec}' is not a number; write e.g. adaptive:triangle:0.8"
         ) from None
     check_adaptive(family, a)
-    return GradientMode(kind, f"{family}:{a:g}")
+    return GradientMode(kind, f"{family}:{a:g}" + (":detach" if detach else ""))
 
 
 class ModeBinding:
@@ -110,8 +120,9 @@ class ModeBinding:
         self.mode, self.model = mode, model
         self.surrogates = {}
         if mode.kind == "adaptive":
-            family, _, a = mode.param.partition(":")
-            self.surrogates = {n: AdaptiveSurrogate(n, family, float(a)) for n in model.neurons()}
+            family, a, *detach = mode.param.split(":")
+            self.surrogates = {n: AdaptiveSurrogate(n, family, float(a), detach_reset=bool(detach))
+                               for n in model.neurons()}  # fmt: skip
 
     @contextmanager
     def __call__(self) -> Iterator[nn.Module]:

@@ -17,6 +17,7 @@ class PGD(Attack):
         model, eps, norm, eot, gradient_mode: see :class:`Attack`.
         steps: iterations per restart (default 20).
         alpha: step size; default ``2.5 * eps / steps`` (Madry et al.).
+        step: step size as a fraction of eps (e.g. 0.25 for eps/4); overrides ``alpha``.
         loss: ``"ce"`` or ``"dlr"``.
         restarts: independent runs; a sample counts as broken if any run breaks it.
         random_start: start from a random point in the ball.
@@ -39,13 +40,18 @@ class PGD(Attack):
         restarts: int = 1,
         random_start: bool = True,
         gradient_mode: str | GradientMode | None = None,
+        step: float | None = None,
     ) -> None:
         super().__init__(model, eps, norm, eot, gradient_mode)
         if steps < 1 or restarts < 1:
             raise ConvertSNNError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
         if loss not in LOSSES:
             raise ConvertSNNError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
+        if step is not None and not step > 0:
+            raise ConvertSNNError(f"PGD step must be a positive fraction of eps, got {step}")
         self.steps = int(steps)
+        if step is not None:
+            alpha = step * self.eps
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
         self.loss = loss
         self.restarts = int(restarts)

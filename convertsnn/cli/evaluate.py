@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from convertsnn.attacks.transfer import load_source
 from convertsnn.cli.options import (
     device_option,
     parse_int_list,
@@ -20,7 +21,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
 from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.state import StateDir
-from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite
+from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite, with_transfer_source
 from convertsnn.snn.network import check_timesteps
 from convertsnn.snn.serialize import atomic_write, check_writable, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
@@ -35,6 +36,7 @@ ATTACK_OPTIONS = {
     "apgd-t": ("steps", "targets", "restarts"),
     "square": ("queries",),
     "transfer": ("steps", "restarts"),
+    "autoattack": (),
 }
 
 
@@ -81,6 +83,20 @@ def write_report(directory: str, document: dict) -> list[Path]:
     return [folder / "report.md", folder / "results.json", *images]
 
 
+def write_adversarial(path: str, adversarial: dict, labels) -> None:
+    """The worst points per (model setting, eps) and the labels, as one .npz file (atomic)."""
+    import numpy as np
+
+    arrays = {"labels": labels.cpu().numpy()}
+    arrays.update({name: images.numpy() for name, images in adversarial.items()})
+
+    def write(tmp) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(Path(path), write)
+
+
 def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Path]:
     """Spikes, operations and energy at the model's T on the first 1,000 clean images
     (docs/export.md)."""
@@ -104,7 +120,8 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     type=click.Choice(list(SUITES)),
     default=None,
     help="Attack suite: per-sample worst case over attacks and gradient modes, with early "
-    "exit (see docs/evaluation.md).",
+    "exit; s001 is seed 001's protocol with one number per attack family (see "
+    "docs/evaluation.md).",
 )
 @click.option(
     "--attack",
@@ -125,10 +142,13 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
 @click.option(
     "--gradient",
     default=None,
-    help="Gradient mode of a single attack: bptt:FAMILY[:G], bptr, ann, adaptive[:FAMILY[:A]].",
+    help="Gradient mode of a single attack: native, bptt:FAMILY[:G][:abs][:detach], bptr, ann, "
+    "adaptive[:FAMILY[:A]][:detach] (widths relative to the threshold unless :abs).",
 )
 @click.option(
-    "--surrogate", default=None, help="The model's BPTT surrogate for the attacks (FAMILY[:G])."
+    "--surrogate",
+    default=None,
+    help="The model's BPTT surrogate for the attacks (FAMILY[:G][:abs][:detach]).",
 )
 @click.option(
     "--eot",
@@ -168,6 +188,18 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     "--report", type=click.Path(file_okay=False), help="Write report.md, JSON and PNGs here."
 )
 @click.option(
+    "--save-adversarial",
+    type=click.Path(dir_okay=False),
+    help="Write the worst point found per image (and the labels) to this .npz file, one "
+    "array per model setting and eps.",
+)
+@click.option(
+    "--transfer-from",
+    default=None,
+    help="Also transfer adversarial examples from this model (an SNN file or any source "
+    "`convertsnn convert` reads: .onnx, checkpoint, timm:, robustbench:, zoo:).",
+)
+@click.option(
     "--resume",
     type=click.Path(file_okay=False),
     help="State directory: progress is saved there and a rerun with the same settings resumes.",
@@ -177,7 +209,8 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
 def command(
     ctx, model_file, data, timesteps, suite, attack, eps, norm, steps, alpha, restarts, loss,
     queries, targets, gradient, surrogate, eot, autoattack, autoattack_mode, sanity,
-    attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, resume, device,
+    attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, save_adversarial,
+    transfer_from, resume, device,
 ) -> None:  # fmt: skip
     """Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."""
     import torch
@@ -196,9 +229,16 @@ def command(
                    "targets": targets,
                    "alpha": parse_number_list(alpha, "--alpha")[0] if alpha else None}  # fmt: skip
         evaluation = single_attack_suite(attack, attack_params(attack, options), gradient)
-    if (autoattack or resume) and evaluation is None:
-        raise ConvertSNNError("--autoattack and --resume need --suite or --attack")
-    for path in (out, report and Path(report) / "report.md"):
+    if (autoattack or resume or save_adversarial or transfer_from) and evaluation is None:
+        raise ConvertSNNError(
+            "--autoattack, --resume, --save-adversarial and --transfer-from need --suite or "
+            "--attack"
+        )
+    if save_adversarial and not str(save_adversarial).endswith(".npz"):
+        raise ConvertSNNError(f"--save-adversarial needs a .npz file name, got {save_adversarial}")
+    if transfer_from:
+        evaluation = with_transfer_source(evaluation, transfer_from)
+    for path in (out, report and Path(report) / "report.md", save_adversarial):
         if path:
             check_writable(path)
     torch.manual_seed(seed)
@@ -222,11 +262,15 @@ def command(
     }  # fmt: skip
     state = StateDir(resume, settings) if resume else None
     x, y = (t.to(device) for t in dataset.tensors())
+    if transfer_from:  # load it once here, so a bad source fails before any attack runs
+        load_source(transfer_from, device)
+    adversarial = {} if save_adversarial else None
     rows = evaluate_robustness(
         snn, x, y, ts, eps_values, evaluation, norm=norm, include_ann=ann,
         attack_timesteps=parse_int_list(attack_timesteps, "--attack-timesteps") if attack_timesteps else None,
         surrogate=surrogate, eot=draws, batch_size=batch_size, seed=seed, sanity=sanity,
         autoattack=autoattack, autoattack_mode=autoattack_mode, state=state,
+        adversarial=adversarial,
     )  # fmt: skip
     click.echo(f"{model_file} on {len(dataset)} images of {dataset.name}")
     click.echo(rows_table(rows, evaluation.name if evaluation else ""))
@@ -234,6 +278,9 @@ def command(
         for key, detail in row.details.items():
             click.echo(f"\n{row.model}, eps={float(key):.4g}: robust {100 * detail['robust']:.2f}%")
             click.echo(runs_table(detail, per_run=False))
+            if "groups" in detail:
+                click.echo("per family: " + ", ".join(
+                    f"{name} {100 * value:.2f}%" for name, value in detail["groups"].items()))  # fmt: skip
             if "autoattack" in detail:
                 aa = detail["autoattack"]
                 click.echo(f"AutoAttack {aa['version']} [{aa['mode']}]: {100 * aa['robust']:.2f}%")
@@ -248,6 +295,9 @@ def command(
         "versions": package_versions(),
     }  # fmt: skip
     write_json_out(out, document)
+    if save_adversarial:
+        write_adversarial(save_adversarial, adversarial, y)
+        click.echo(f"wrote {save_adversarial}")
     if report:
         document = json.loads(json.dumps(document, default=vars))
         written = write_report(report, document)

@@ -17,13 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from convertsnn.attacks.autoattack import NORM_NAMES, VERSIONS
 from convertsnn.attacks.ensemble import expected_correct
 from convertsnn.attacks.gradient_modes import ModelInMode, parse_gradient_mode
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork
-
-VERSIONS = ("standard", "rand")
-NORMS = {"linf": "Linf", "l2": "L2"}
 
 
 @dataclass
@@ -79,7 +77,7 @@ def run_autoattack(
 
         parsed = native_mode(model)  # name the surrogate AutoAttack saw
     wrapped.eval()
-    adversary = AutoAttack(wrapped, eps=eps, norm=NORMS[norm], version=version, seed=seed,
+    adversary = AutoAttack(wrapped, eps=eps, norm=NORM_NAMES[norm], version=version, seed=seed,
                            device=x.device)  # fmt: skip
     collect = _Collect()
     adversary.logger.addHandler(collect)

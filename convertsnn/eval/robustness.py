@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from convertsnn.attacks.base import Attack
-from convertsnn.attacks.ensemble import expected_correct
+from convertsnn.attacks.ensemble import expected_correct, margins
 from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.snn.network import SpikingNetwork
 
@@ -166,6 +166,7 @@ def evaluate_robustness(
     autoattack_mode: str = "native",
     state=None,
     progress: bool = True,
+    adversarial: dict[str, torch.Tensor] | None = None,
 ) -> list[EvalRow]:
     """Rows for the ANN (optional) and the SNN at each T: clean accuracy, and per eps the
     per-sample worst case of ``suite`` (a :class:`~convertsnn.eval.suites.Suite` or its name).
@@ -175,7 +176,10 @@ def evaluate_robustness(
     is then an expectation over draws. ``sanity`` runs :mod:`convertsnn.eval.sanity` on every
     result; ``autoattack`` (``"standard"`` or ``"rand"``) adds the pyautoattack cross-check in
     ``autoattack_mode``; ``state`` (a :class:`~convertsnn.eval.state.StateDir`) makes the run
-    resumable. ``row.details[eps]`` holds the suite summary, flags and cross-checks.
+    resumable. ``row.details[eps]`` holds the suite summary (with one entry per image under
+    ``samples``: survives, the run that broke it, its final margin), flags and cross-checks;
+    a dict passed as ``adversarial`` receives the worst point found per image under
+    ``"{row} eps={eps}"`` (on the CPU).
     """
     from convertsnn.eval.autoattack import run_autoattack
     from convertsnn.eval.sanity import check_eps_trend, run_checks
@@ -194,12 +198,16 @@ def evaluate_robustness(
                 key = eps_key(eps)
                 slot = state.slot(f"{label}_eps={key}") if state is not None else None
                 result = run_suite(suite, model, x, y, eps, norm, eot, batch_size, seed,
-                                   state=slot, progress=progress)  # fmt: skip
+                                   state=slot, progress=progress, more_steps=sanity)  # fmt: skip
                 if sanity:
                     result.flags = run_checks(model, x, y, result, eot, probe_samples,
                                               batch_size, seed)  # fmt: skip
                 row.robust[key] = result.robust
                 row.details[key] = result.summary()
+                final = margins(model, result.ensemble.x_adv, y, eot, batch_size)
+                row.details[key]["samples"] = result.ensemble.samples(final)
+                if adversarial is not None:
+                    adversarial[f"{label} eps={key}"] = result.ensemble.x_adv.detach().cpu()
                 if autoattack:
                     aa_state = (Path(state.path) / f"autoattack_{label}_eps={key}.json"
                                 if state is not None else None)  # fmt: skip

@@ -3,21 +3,27 @@
 the evaluation is broken somewhere; a check that passes still reports what it saw.
 
 - ``determinism``: two identical forward passes differ (randomised or stateful model).
-- ``gradients``: input gradients that are all zero or non-finite at correctly classified points.
+- ``gradients``: per gradient mode, the share of attack steps whose input gradient was all zero
+  (at correctly classified points) or non-finite; every mode above :data:`ZERO_SHARE` zero or
+  with any non-finite gradient is named and raises the flag.
 - ``black-box``: gradient-free attacks (Square, transfer) broke samples every white-box run
   missed (more than 0.2 % of the samples, AutoAttack's threshold).
 - ``large-eps``: white-box accuracy does not reach ~0 (above 2 %) at a large radius
   (8 x eps, L-inf at most 0.5) on a probe of correctly classified samples.
-- ``more-steps``: APGD-CE with 4x the suite's longest step budget, in the best mode, still breaks
-  samples that survived the suite (more than 0.2 %); its breaks count in the result.
+- ``more-steps``: the suite's last run (APGD-CE with a larger budget in the mode that broke the
+  most, on the survivors, see :func:`~convertsnn.eval.suites.run_suite`) still broke more than
+  0.2 % of the samples; its breaks count in the result.
 - ``more-queries``: a repeated black-box run (Square's second restart) still broke more than
   0.2 % of the samples.
+- ``reparametrisation``: the same model rescaled (:mod:`convertsnn.eval.rescale`: every
+  threshold brought to 1, every layer x1e-3, every layer x1e4) and re-attacked on a sample (FGSM in every white-box mode of the result, PGD-20 in
+  its best mode) gives another number: some gradient mode depends on how the model is written.
 - ``eps-trend``: robust accuracy rises with eps.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -25,9 +31,13 @@ from torch import nn
 
 from convertsnn.attacks import ATTACKS
 from convertsnn.attacks.ensemble import Run, WorstCase, expected_correct
+from convertsnn.snn.network import SpikingNetwork
 
 TOLERANCE = 0.002  # fraction of samples, as AutoAttack's Square check
 LARGE_EPS_ACCURACY = 0.02
+ZERO_SHARE = 0.5  # a mode whose input gradient is all zero at more steps than this is masked
+RESCALE_FACTORS = (1e-3, 1e4)
+ZERO_MOVE = 0.2  # a run whose share of zero gradients moves this much under rescaling is flagged
 
 
 @dataclass
@@ -57,28 +67,30 @@ def check_determinism(model: nn.Module, x: torch.Tensor, eot: int) -> Flag:
 
 
 def check_gradients(records) -> Flag:
-    """Zero / non-finite input gradients per white-box run (see ``GradientStats``)."""
-    shares = {}
-    nonfinite = 0
+    """Zero / non-finite input gradients per gradient mode (see ``GradientStats``)."""
+    totals: dict[str, list[int]] = {}
     for r in records:
         g = r.gradients
         if not r.blackbox and g.get("samples"):
-            shares[r.mode] = max(shares.get(r.mode, 0.0), g["zero"] / g["samples"])
-            nonfinite += g["nonfinite"]
-    if not shares:
+            t = totals.setdefault(r.mode, [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + g["samples"], t[1] + g["zero"], t[2] + g["nonfinite"]
+    if not totals:
         return Flag("gradients", False, "no white-box gradients were taken")
-    zero_modes = {m: s for m, s in shares.items() if s > 0}
-    if nonfinite:
-        return Flag("gradients", True, f"{nonfinite} gradients were NaN or infinite")
-    if len(zero_modes) == len(shares):
-        worst = ", ".join(f"{m} {100 * s:.0f}%" for m, s in zero_modes.items())
-        return Flag("gradients", True, "all-zero input gradients in every gradient mode "
-                    f"({worst} of steps at correct points): gradients are masked")  # fmt: skip
-    if zero_modes:
-        listed = ", ".join(f"{m} {100 * s:.0f}%" for m, s in sorted(zero_modes.items()))
-        return Flag("gradients", False, f"some modes give all-zero gradients ({listed}); "
-                    f"{len(shares) - len(zero_modes)} other modes do not")  # fmt: skip
-    return Flag("gradients", False, f"no zero or NaN gradients in {len(shares)} gradient modes")
+    masked = {m: t for m, t in totals.items() if t[1] > ZERO_SHARE * t[0] or t[2]}
+    if masked:
+        listed = "; ".join(
+            f"{m}: {100 * t[1] / t[0]:.0f}% zero" + (f", {t[2]} non-finite" if t[2] else "")
+            for m, t in masked.items()
+        )
+        scope = "every gradient mode" if len(masked) == len(totals) else \
+            f"{len(masked)} of {len(totals)} gradient modes"  # fmt: skip
+        return Flag("gradients", True, f"masked or broken gradients in {scope} ({listed} of "
+                    "steps at correct points); their runs are weak, trust the other modes' "
+                    "breaks and the ensemble")  # fmt: skip
+    some = {m: t for m, t in totals.items() if t[1]}
+    listed = ", ".join(f"{m} {100 * t[1] / t[0]:.0f}%" for m, t in some.items())
+    return Flag("gradients", False, f"no mode above {100 * ZERO_SHARE:.0f}% zero or with NaN "
+                f"gradients in {len(totals)} modes" + (f" (zero: {listed})" if some else ""))  # fmt: skip
 
 
 def check_blackbox(records, samples: int) -> Flag:
@@ -143,39 +155,81 @@ def check_large_eps(
     return Flag("large-eps", False, text)
 
 
-def check_more_steps(
+def check_more_steps(records, samples: int) -> Flag:
+    """Did the suite's more-steps run (its last record, see ``run_suite``) still break samples?"""
+    record = records[-1] if records and records[-1].note == "more-steps check" else None
+    if record is None:
+        return Flag("more-steps", False, "no more-steps run (no survivors or no white-box run)")
+    text = f"{record.label} on the {record.attacked} survivors broke {record.lowered} more"
+    if record.lowered > TOLERANCE * samples:
+        return Flag("more-steps", True, text + ": more steps still lower accuracy, the suite "
+                    "has not converged (these breaks are counted)")  # fmt: skip
+    return Flag("more-steps", False, text + " (counted)")
+
+
+def check_reparametrisation(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     result,
-    mode: str,
     eot: int = 1,
     batch_size: int = 256,
     seed: int = 0,
+    factors: tuple[float, ...] = RESCALE_FACTORS,
 ) -> Flag:
-    """APGD-CE with 4x the longest white-box budget of ``result`` (a SuiteResult) on its
-    survivors; the breaks it finds are added to ``result``."""
-    budgets = [
-        dict(r.params).get("steps", 1) for r in result.runs if not ATTACKS[r.attack].blackbox
-    ]
-    steps = 4 * max(budgets, default=20)
-    run = Run.of("apgd-ce", mode, steps=steps)
-    ensemble = result.ensemble
-    before = ensemble.robust
-    state = {"run": len(result.runs), "batch": 0, "pending": None, "correct": ensemble.correct,
-             "clean": ensemble.clean, "x_adv": ensemble.x_adv, "breaker": ensemble.breaker,
-             "records": [asdict(r) for r in ensemble.records]}  # fmt: skip
-    worst = WorstCase(model, result.eps, result.norm, eot, batch_size, seed + 1, progress=False)
-    updated = worst.run(x, y, [*result.runs, run], resume=state)
-    result.ensemble, result.runs = updated, [*result.runs, run]
-    updated.records[-1].note = "more-steps check"
-    lowered = updated.records[-1].lowered
-    text = (f"{run.label} on the {updated.records[-1].attacked} survivors broke {lowered} more "
-            f"(robust {100 * before:.2f}% -> {100 * updated.robust:.2f}%)")  # fmt: skip
-    if lowered > TOLERANCE * len(x):
-        return Flag("more-steps", True, text + ": more steps still lower accuracy, the suite "
-                    "has not converged")  # fmt: skip
-    return Flag("more-steps", False, text)
+    """Re-attack ``x`` (a sample of correct images) with FGSM in every white-box mode of
+    ``result`` and PGD-20 (step eps/4) in its best mode, on the model as it is, with every
+    threshold brought to 1, and rescaled by each factor (each run on its own and their worst
+    case); flag when any of these numbers moves by more than one sample, or a run's share of
+    all-zero gradients by more than :data:`ZERO_MOVE`, naming the runs."""
+    from convertsnn.eval.rescale import rescaled, unit_threshold_factors
+    from convertsnn.eval.suites import best_mode
+
+    modes = [r.mode for r in result.runs if not ATTACKS[r.attack].blackbox]
+    if not isinstance(model, SpikingNetwork) or not modes:
+        return Flag("reparametrisation", False, "no spiking layers or no white-box run")
+    best = best_mode(result.ensemble.records, result.ranking, result.runs)
+    runs = [Run.of("fgsm", m, group=f"fgsm [{m}]") for m in dict.fromkeys(modes)]
+    runs.append(Run.of("pgd", best, group=f"pgd [{best}]", steps=20, step=0.25))
+
+    def attack() -> dict[str, tuple[float, float]]:
+        """Per run (and their worst case): robust accuracy and share of all-zero gradients."""
+        worst = WorstCase(model, result.eps, result.norm, eot, batch_size, seed, progress=False)
+        outcome = worst.run(x, y, runs)
+        out = {"ensemble": (outcome.robust, 0.0)}
+        for run, record in zip(runs, outcome.records, strict=True):
+            zero = record.gradients.get("zero", 0) / max(record.gradients.get("samples", 0), 1)
+            out[record.label] = (float(outcome.groups[run.group].mean()), zero)
+        return out
+
+    base = attack()
+    versions = {}
+    for factor in ("unit", *factors):
+        with rescaled(model, unit_threshold_factors(model) if factor == "unit" else factor):
+            versions["thresholds 1" if factor == "unit" else f"x{factor:g}"] = attack()
+    tolerance = 1.0 / max(len(x), 1)
+
+    def moves(name: str) -> bool:
+        (number, zero), others = base[name], [v[name] for v in versions.values()]
+        return any(abs(n - number) > tolerance or abs(z - zero) > ZERO_MOVE for n, z in others)
+
+    moved = [name for name in base if moves(name)]
+    text = (
+        f"{len(runs)} runs on {len(x)} images, robust as written "
+        f"{100 * base['ensemble'][0]:.1f}%, "
+        + ", ".join(f"rescaled ({f}) {100 * v['ensemble'][0]:.1f}%" for f, v in versions.items())
+    )
+    if moved:
+        detail = "; ".join(
+            f"{g}: robust {100 * base[g][0]:.0f}% -> "
+            + "/".join(f"{100 * v[g][0]:.0f}%" for v in versions.values())
+            + f", zero gradients {100 * base[g][1]:.0f}% -> "
+            + "/".join(f"{100 * v[g][1]:.0f}%" for v in versions.values())
+            for g in moved
+        )
+        return Flag("reparametrisation", True, f"{text}; these depend on how the model is "
+                    f"written (scale-dependent gradients, e.g. an absolute surrogate): {detail}")  # fmt: skip
+    return Flag("reparametrisation", False, text + "; no run moved")
 
 
 def check_eps_trend(robust_by_eps: dict[float, float], samples: int) -> Flag:
@@ -197,20 +251,28 @@ def run_checks(
     probe_samples: int = 100,
     batch_size: int = 256,
     seed: int = 0,
+    reparametrisation_samples: int = 32,
 ) -> list[Flag]:
-    """All per-result checks for a SuiteResult (``more-steps`` also updates it)."""
+    """All per-result checks for a SuiteResult (whose run already holds the more-steps run)."""
+    from convertsnn.eval.suites import best_mode
+
     white = [r.mode for r in result.runs if not ATTACKS[r.attack].blackbox]
-    best = result.ranking[0].mode if result.ranking else (white[0] if white else "native")
+    records = result.ensemble.records
     flags = [check_determinism(model, x[:probe_samples], eot)]
-    flags.append(check_gradients(result.ensemble.records))
-    flags.append(check_blackbox(result.ensemble.records, len(x)))
-    flags.append(check_more_queries(result.ensemble.records, len(x)))
+    flags.append(check_gradients(records))
+    flags.append(check_blackbox(records, len(x)))
+    flags.append(check_more_queries(records, len(x)))
+    flags.append(check_more_steps(records, len(x)))
     clean = expected_correct(model, x, y, eot, batch_size)
-    probe = (clean > 0).nonzero().squeeze(1)[:probe_samples]
+    probe = (clean > 0).nonzero().squeeze(1)
     if white and len(probe):
+        best = best_mode(records, result.ranking, result.runs)
         modes = list(dict.fromkeys([best, white[0], *(["ann"] if "ann" in white else [])]))
-        flags.append(check_large_eps(model, x[probe], y[probe], modes, result.eps, result.norm,
+        idx = probe[:probe_samples]
+        flags.append(check_large_eps(model, x[idx], y[idx], modes, result.eps, result.norm,
                                      eot, batch_size, seed))  # fmt: skip
-    if white and (result.ensemble.correct > 0).any():
-        flags.append(check_more_steps(model, x, y, result, best, eot, batch_size, seed))
+        if reparametrisation_samples:
+            idx = probe[:reparametrisation_samples]
+            flags.append(check_reparametrisation(model, x[idx], y[idx], result, eot,
+                                                 batch_size, seed))  # fmt: skip
     return flags

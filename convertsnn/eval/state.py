@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.serialize import atomic_write
 
-_TENSORS = ("correct", "x_adv", "breaker", "pending")
+_TENSORS = ("correct", "x_adv", "breaker", "pending", "groups")
 
 
 class StateDir:

@@ -15,7 +15,7 @@ to the model's own gradient and the transfer attack is skipped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from convertsnn.attacks import ATTACKS
 from convertsnn.attacks.base import dlr_loss
 from convertsnn.attacks.ensemble import EnsembleResult, Run, WorstCase, batch_seed, expected_correct
-from convertsnn.attacks.gradient_modes import SEED001_MODES, parse_gradient_mode
+from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES, parse_gradient_mode
 from convertsnn.attacks.pgd import PGD
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork
@@ -32,16 +32,23 @@ from convertsnn.snn.network import SpikingNetwork
 @dataclass(frozen=True)
 class Stage:
     """One attack (``params`` as for :func:`~convertsnn.attacks.build_attack`) in ``modes``:
-    ``"all"``, ``"top:K"`` (the K best candidates) or ``"none"`` (a black-box attack)."""
+    ``"all"`` candidates, ``"top:K"`` (the K best candidates), ``"none"`` (a black-box attack)
+    or a tuple of mode specs (run as given)."""
 
     attack: str
     params: dict = field(default_factory=dict)
-    modes: str = "all"
+    modes: str | tuple[str, ...] = "all"
 
 
 @dataclass(frozen=True)
 class Suite:
-    """Candidate gradient modes, adaptive coefficients to tune, whether to probe, stages."""
+    """Candidate gradient modes, adaptive coefficients to tune, whether to probe, stages.
+
+    ``families``: every stage's runs form their own group (one robust accuracy per attack
+    family, as seed 001 reports; runs of a family attack only that family's survivors).
+    ``more_steps``: the budget factor of the APGD-CE run added after the ensemble in its best
+    mode (0: none); its breaks count in the number.
+    """
 
     name: str
     description: str
@@ -49,63 +56,112 @@ class Suite:
     adaptive: tuple[float, ...]
     probe: bool
     stages: tuple[Stage, ...]
+    families: bool = False
+    more_steps: int = 2
 
+
+# sharp threshold-relative surrogates with the reset detached: with restarts and a step of eps/4
+# the outside attacks that beat the first version of these suites (docs/evaluation.md)
+SHARP_MODES = ("bptt:sigmoid:20:detach", "bptt:rect:0.25:detach")
+SHARP_PGD = {"steps": 20, "step": 0.25, "restarts": 2}
 
 QUICK = Suite(
     "quick",
-    "FGSM and PGD-20 in 4 gradient modes (the model's surrogate, BPTR, ANN proxy, adaptive "
-    "a=0.8), then Square-1000. A first look: minutes, not a final number.",
-    candidates=("native", "bptr", "ann"),
+    "FGSM in 6 gradient modes (the model's surrogate, sigmoid 20 and rect 0.25 with detached "
+    "reset, BPTR, ANN proxy, adaptive a=0.8), PGD-20 (step eps/4, 2 restarts) in the sharp "
+    "modes, Square-100. A first look, not a final number.",
+    candidates=("native", *SHARP_MODES, "bptr", "ann"),
     adaptive=(0.8,),
     probe=False,
     stages=(
         Stage("fgsm"),
-        Stage("pgd", {"steps": 20}),
-        Stage("square", {"queries": 1000}, "none"),
+        Stage("pgd", SHARP_PGD, SHARP_MODES),
+        Stage("square", {"queries": 100}, "none"),
     ),
 )
 
 STANDARD = Suite(
     "standard",
-    "Probe-ranked modes (model surrogate, STE, triangle 0.5/2, BPTR, ANN proxy, adaptive tuned "
-    "over a in {0.4, 0.8, 1.6}); FGSM x top-3, PGD-20 x all, APGD-CE-100 x top-2, APGD-T-100 "
-    "(9 targets) x top-1, transfer from the source ANN, Square-5000 (AutoAttack-like).",
-    candidates=("native", "bptt:ste", "bptt:triangle:0.5", "bptt:triangle:2", "bptr", "ann"),
+    "Probe-ranked modes (model surrogate, sigmoid 20 / rect 0.25 / triangle 0.25 with detached "
+    "reset, seed 000's sigmoid 4 and atan 2, STE, triangle 0.5, BPTR, ANN proxy, adaptive tuned "
+    "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4, 2 restarts) x top-3, "
+    "APGD-CE-100 x top-1, APGD-T-50 (3 targets) x top-1, transfer from the source ANN, "
+    "Square-500.",
+    candidates=(
+        "native",
+        *SHARP_MODES,
+        "bptt:triangle:0.25:detach",
+        *SEED000_MODES,
+        "bptt:ste",
+        "bptt:triangle:0.5",
+        "bptr",
+        "ann",
+    ),
     adaptive=(0.4, 0.8, 1.6),
     probe=True,
     stages=(
-        Stage("fgsm", modes="top:3"),
-        Stage("pgd", {"steps": 20}),
-        Stage("apgd-ce", {"steps": 100}, "top:2"),
-        Stage("apgd-t", {"steps": 100, "targets": 9}, "top:1"),
+        Stage("fgsm", modes="top:6"),
+        Stage("pgd", SHARP_PGD, "top:3"),
+        Stage("apgd-ce", {"steps": 100}, "top:1"),
+        Stage("apgd-t", {"steps": 50, "targets": 3}, "top:1"),
         Stage("transfer", {"steps": 100}, "none"),
-        Stage("square", {"queries": 5000}, "none"),
+        Stage("square", {"queries": 500}, "none"),
     ),
 )
 
 FULL = Suite(
     "full",
-    "Seed 001's 19 gradient variants (17 BPTT surrogates, BPTR, ANN proxy) plus the adaptive "
-    "surrogate tuned over a in {0.25, 0.5, 0.8, 1.25, 2}, probe-ranked; FGSM, R+FGSM and PGD-20 in all "
-    "20, APGD-CE-100 and APGD-DLR-100 x top-3, APGD-T-100 (9 targets) x top-1, transfer from the "
-    "source ANN, Square-5000 twice.",
-    candidates=("native", *SEED001_MODES),
+    "Seed 001's 19 variants, seed 000's, the sharp detached modes and the adaptive surrogate "
+    "tuned over a in {0.25, 0.5, 0.8, 1.25, 2}, probe-ranked; FGSM and R+FGSM in all, PGD-20 "
+    "(step eps/4, 10 restarts) x top-2, PGD-20 in all, APGD-CE-100 and APGD-DLR-100 x top-3, "
+    "APGD-T-100 (9 targets) x top-1, pyautoattack standard x top-1, transfer from the source "
+    "ANN, Square-5000 twice.",
+    candidates=(
+        "native",
+        *SHARP_MODES,
+        "bptt:triangle:0.25:detach",
+        *SEED000_MODES,
+        *SEED001_MODES,
+    ),
     adaptive=(0.25, 0.5, 0.8, 1.25, 2.0),
     probe=True,
     stages=(
         Stage("fgsm"),
         Stage("rfgsm"),
+        Stage("pgd", {**SHARP_PGD, "restarts": 10}, "top:2"),
         Stage("pgd", {"steps": 20}),
         Stage("apgd-ce", {"steps": 100}, "top:3"),
         Stage("apgd-dlr", {"steps": 100}, "top:3"),
         Stage("apgd-t", {"steps": 100, "targets": 9}, "top:1"),
+        Stage("autoattack", {"version": "standard"}, "top:1"),
         Stage("transfer", {"steps": 100}, "none"),
         Stage("square", {"queries": 5000}, "none"),
         Stage("square", {"queries": 5000}, "none"),
     ),
+    more_steps=4,
 )
 
-SUITES = {s.name: s for s in (QUICK, STANDARD, FULL)}
+S001 = Suite(
+    "s001",
+    "Seed 001's protocol (Oezdenizci & Legenstein, TMLR 2024): FGSM, R+FGSM, PGD-20, "
+    "APGD-CE-100, APGD-DLR-100 and APGD-T-100 (9 targets), each in its 19 variants; one robust "
+    "accuracy per family and their per-sample worst case.",
+    candidates=SEED001_MODES,
+    adaptive=(),
+    probe=False,
+    stages=(
+        Stage("fgsm"),
+        Stage("rfgsm"),
+        Stage("pgd", {"steps": 20}),
+        Stage("apgd-ce", {"steps": 100}),
+        Stage("apgd-dlr", {"steps": 100}),
+        Stage("apgd-t", {"steps": 100, "targets": 9}),
+    ),
+    families=True,
+    more_steps=0,
+)
+
+SUITES = {s.name: s for s in (QUICK, STANDARD, FULL, S001)}
 
 
 def single_attack_suite(attack: str, params: dict, mode: str | None = None) -> Suite:
@@ -119,6 +175,16 @@ def single_attack_suite(attack: str, params: dict, mode: str | None = None) -> S
     label = Run.of(attack, "native" if blackbox else mode, **params).label
     return Suite(label, f"{label} alone", (mode,), (), False,
                  (Stage(attack, dict(params), "none" if blackbox else "all"),))  # fmt: skip
+
+
+def with_transfer_source(suite: Suite, source: str, steps: int = 100) -> Suite:
+    """``suite`` plus a transfer run from ``source`` (a model file or importer source string)
+    before its first Square run (at the end if it has none)."""
+    stages = list(suite.stages)
+    at = next((i for i, st in enumerate(stages) if st.attack == "square"), len(stages))
+    stages.insert(at, Stage("transfer", {"steps": steps, "source": str(source)}, "none"))
+    return replace(suite, description=f"{suite.description} Plus transfer from {source}.",
+                   stages=tuple(stages))  # fmt: skip
 
 
 def get_suite(name: str) -> Suite:
@@ -150,11 +216,14 @@ def candidate_modes(suite: Suite, model: nn.Module) -> list[str]:
 
 @dataclass
 class ModeScore:
-    """One candidate's probe result: samples broken by PGD-10 and the mean DLR loss reached."""
+    """One candidate's probe result: samples broken by PGD-10 (of ``samples``), the mean DLR
+    loss reached, and the binomial standard deviation of ``broken`` (how stable the rank is)."""
 
     mode: str
     broken: int
     loss: float
+    samples: int = 0
+    spread: float = 0.0
 
 
 def rank_modes(
@@ -168,15 +237,17 @@ def rank_modes(
     steps: int = 10,
     seed: int = 0,
 ) -> list[ModeScore]:
-    """PGD-``steps`` in each mode on the same ``(x, y)``; best first (the probe)."""
+    """PGD-``steps`` (step eps/4) in each mode on the same ``(x, y)``; best first (the probe)."""
     scores = []
     for i, mode in enumerate(modes):
         torch.manual_seed(batch_seed(seed, -1, i))
-        attack = PGD(model, eps, norm, eot, steps=steps, gradient_mode=mode)
+        attack = PGD(model, eps, norm, eot, steps=steps, step=0.25, gradient_mode=mode)
         x_adv = attack(x, y)
         logits = attack.logits(x_adv)
         broken = int((logits.argmax(1) != y).sum())
-        scores.append(ModeScore(mode, broken, float(dlr_loss(logits, y).mean())))
+        rate = broken / max(len(x), 1)
+        spread = (len(x) * rate * (1 - rate)) ** 0.5
+        scores.append(ModeScore(mode, broken, float(dlr_loss(logits, y).mean()), len(x), spread))
     return sorted(scores, key=lambda s: (-s.broken, -s.loss))
 
 
@@ -185,15 +256,42 @@ def resolve_runs(suite: Suite, model: nn.Module, ranked: list[str]) -> list[Run]
     is_snn = isinstance(model, SpikingNetwork)
     runs = []
     for stage in suite.stages:
+        group = f"{stage.attack}{Run.of(stage.attack, **stage.params).label[len(stage.attack):]}" \
+            if suite.families else ""  # fmt: skip
         if stage.modes == "none":
             if stage.attack == "transfer" and not is_snn:
                 continue
-            runs.append(Run.of(stage.attack, **stage.params))
+            runs.append(Run.of(stage.attack, group=group, **stage.params))
             continue
-        count = int(stage.modes.partition(":")[2]) if stage.modes.startswith("top:") else None
-        for mode in ranked[:count]:
-            runs.append(Run.of(stage.attack, mode, **stage.params))
+        if isinstance(stage.modes, tuple):
+            modes = list(stage.modes) if is_snn else ["native"]
+        else:
+            count = int(stage.modes.partition(":")[2]) if stage.modes.startswith("top:") else None
+            modes = ranked[:count]
+        for mode in dict.fromkeys(modes):
+            runs.append(Run.of(stage.attack, mode, group=group, **stage.params))
     return runs
+
+
+def best_mode(records, ranking: list[ModeScore], runs: list[Run]) -> str:
+    """The white-box mode whose runs broke the most samples in the ensemble (ties: the probe's
+    order, then the run order)."""
+    white = [r.mode for r in runs if not ATTACKS[r.attack].blackbox]
+    if not white:
+        return "native"
+    order = list(dict.fromkeys([s.mode for s in ranking] + white))
+    lowered = {m: 0 for m in order}
+    for record in records:
+        if not record.blackbox and record.mode in lowered:
+            lowered[record.mode] += record.lowered
+    return max(order, key=lambda m: (lowered[m], -order.index(m)))
+
+
+def more_steps_run(suite: Suite, runs: list[Run], mode: str) -> Run:
+    """APGD-CE with ``suite.more_steps`` times the longest white-box step budget, in ``mode``."""
+    budgets = [dict(r.params).get("steps", 1) for r in runs if not ATTACKS[r.attack].blackbox]
+    steps = suite.more_steps * max(budgets, default=20)
+    return Run.of("apgd-ce", mode, group="more-steps" if suite.families else "", steps=steps)
 
 
 @dataclass
@@ -233,7 +331,7 @@ def prepare_runs(
     eps: float,
     norm: str = "linf",
     eot: int = 1,
-    probe_samples: int = 64,
+    probe_samples: int = 128,
     seed: int = 0,
     batch_size: int = 256,
 ) -> tuple[list[Run], list[ModeScore]]:
@@ -252,6 +350,18 @@ def prepare_runs(
     return resolve_runs(suite, model, modes), ranking
 
 
+def check_suite(suite: Suite, model: nn.Module, x: torch.Tensor) -> None:
+    """Raise a one-line error before any attack runs if ``suite`` cannot run on ``model``."""
+    if "apgd-t" in {stage.attack for stage in suite.stages}:
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        if classes < 4:
+            raise ConvertSNNError(
+                f"suite '{suite.name}' runs APGD-T, which needs at least 4 classes; the model "
+                f"has {classes}: use --suite quick or single attacks"
+            )
+
+
 def run_suite(
     suite: Suite | str,
     model: nn.Module,
@@ -262,28 +372,51 @@ def run_suite(
     eot: int = 1,
     batch_size: int = 256,
     seed: int = 0,
-    probe_samples: int = 64,
+    probe_samples: int = 128,
     state=None,
     progress: bool = True,
+    more_steps: bool = True,
 ) -> SuiteResult:
     """Run ``suite`` on ``(x, y)`` at ``eps``. ``state``: an optional
-    :class:`~convertsnn.eval.state.RunState` slot to save progress in and resume from."""
+    :class:`~convertsnn.eval.state.RunState` slot to save progress in and resume from.
+
+    With ``more_steps`` (and ``suite.more_steps`` > 0) the ensemble ends with the more-steps
+    check: APGD-CE with a larger budget in the mode that broke most, on the survivors; its
+    breaks count in the number and in the saved state (record note ``"more-steps check"``)."""
     suite = get_suite(suite) if isinstance(suite, str) else suite
     start = time.perf_counter()
     saved = state.load(x.device) if state is not None else None
     if saved is not None:
-        runs = [Run(r["attack"], tuple((k, v) for k, v in r["params"]), r["mode"])
-                for r in saved["runs"]]  # fmt: skip
+        runs = [Run(r["attack"], tuple((k, v) for k, v in r["params"]), r["mode"],
+                    r.get("group", "")) for r in saved["runs"]]  # fmt: skip
         ranking = [ModeScore(**s) for s in saved["ranking"]]
+        extra = saved.get("more_steps", False)
     else:
+        check_suite(suite, model, x)
         runs, ranking = prepare_runs(suite, model, x, y, eps, norm, eot, probe_samples, seed,
                                      batch_size)  # fmt: skip
-    checkpoint = None
-    if state is not None:
-        meta = {"runs": [{"attack": r.attack, "params": list(r.params), "mode": r.mode}
-                         for r in runs], "ranking": [vars(s) for s in ranking]}  # fmt: skip
-        checkpoint = lambda progress_state: state.save(progress_state, meta)  # noqa: E731
-    ensemble = WorstCase(model, eps, norm, eot, batch_size, seed, checkpoint, progress)
+        extra = False
+    meta = {"runs": [], "ranking": [vars(s) for s in ranking], "more_steps": extra}
+
+    def checkpoint(progress_state: dict) -> None:
+        state.save(progress_state, meta)
+
+    def describe(run_list: list[Run]) -> None:
+        meta["runs"] = [{"attack": r.attack, "params": list(r.params), "mode": r.mode,
+                         "group": r.group} for r in run_list]  # fmt: skip
+
+    describe(runs)
+    ensemble = WorstCase(model, eps, norm, eot, batch_size, seed,
+                         checkpoint if state is not None else None, progress)  # fmt: skip
     result = ensemble.run(x, y, runs, resume=saved["progress"] if saved else None)
+    if more_steps and suite.more_steps and not extra and (result.correct > 0).any():
+        if any(not ATTACKS[r.attack].blackbox for r in runs):
+            runs = [*runs, more_steps_run(suite, runs, best_mode(result.records, ranking, runs))]
+            meta["more_steps"] = True
+            describe(runs)
+            result = ensemble.run(x, y, runs, resume=ensemble.state)
+            extra = True
+    if extra:
+        result.records[-1].note = "more-steps check"
     return SuiteResult(suite.name, eps, norm, result, ranking, runs,
                        time.perf_counter() - start)  # fmt: skip

@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 from torch import nn
@@ -22,7 +21,7 @@ from convertsnn.finetune.config import FinetuneConfig, RunConfig, TrainConfig
 from convertsnn.finetune.data import load_training_data
 from convertsnn.finetune.distributed import distributed_context
 from convertsnn.finetune.loop import FitResult, TrainingTask, fit
-from convertsnn.finetune.surrogate import threshold_relative
+from convertsnn.finetune.surrogate import surrogate_scale
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.importers.base import with_normalization
 from convertsnn.models import create_model
@@ -68,8 +67,7 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
 
         teacher = source_of(config.teacher, snn, ctx.device) if config.teacher else None
         task = TrainingTask(snn, select_parameters(snn, config.train), save, teacher)
-        relative = config.surrogate_scale == "threshold"
-        with threshold_relative(snn) if relative else nullcontext():
+        with surrogate_scale(snn, config.surrogate_scale):
             return fit(config, task, train_set, val_set, ctx)
 
 

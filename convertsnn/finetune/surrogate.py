@@ -14,47 +14,37 @@ is the surrogate applied to the threshold-normalised membrane ``(u - theta) / th
 ``dS/du = f'((u - theta) / theta) / theta``, e.g. a triangle of width ``g * theta``. Then a layer's
 gain ``theta * dS/du`` and the reset path ``1 - theta * dS/du`` stay within [0, 1] for
 ``triangle:1``. The forward pass is unchanged.
+
+This is the default scale of every :class:`~convertsnn.snn.surrogate.Surrogate` (``absolute``
+False); finetuning with ``surrogate_scale="absolute"`` switches it off for the run. Either way the
+saved file records the surrogate the model was trained with (``"triangle:1"`` or
+``"triangle:1:abs"``), so an attack's ``native`` gradient mode is the training surrogate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-
-import torch
+from dataclasses import replace
 
 from convertsnn.snn.network import SpikingNetwork
-from convertsnn.snn.neurons import IFNeuron
-from convertsnn.snn.surrogate import Surrogate
 
 SURROGATE_SCALES = ("threshold", "absolute")
 
 
-@dataclass(frozen=True)
-class ThresholdRelativeSurrogate(Surrogate):
-    """The ``family:g`` surrogate applied to ``(u - theta) / theta`` of ``neuron``.
-
-    ``dS/du = f'(x / theta) / theta`` at ``x = u - theta``, with theta read from the neuron at
-    every call (it learns) and detached in the divisor. A :class:`Surrogate`, so neurons keep
-    their fused BPTT; printed as the plain spec it scales.
-    """
-
-    neuron: IFNeuron | None = field(default=None, compare=False, repr=False)
-
-    def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.neuron._theta(x.dim()).detach()
-        return super().derivative(x / theta) / theta
-
-
 @contextmanager
-def threshold_relative(snn: SpikingNetwork) -> Iterator[SpikingNetwork]:
-    """Every neuron's own surrogate, threshold-relative, inside the block (restored on exit)."""
+def surrogate_scale(snn: SpikingNetwork, scale: str = "threshold") -> Iterator[SpikingNetwork]:
+    """Every neuron's own surrogate on the given scale inside the block (restored on exit)."""
     saved = {neuron: neuron.surrogate for neuron in snn.neurons()}
     for neuron, surrogate in saved.items():
-        neuron.surrogate = ThresholdRelativeSurrogate(surrogate.family, surrogate.g, neuron)
+        neuron.surrogate = replace(surrogate, absolute=scale == "absolute")
     try:
         yield snn
     finally:
         for neuron, surrogate in saved.items():
             neuron.surrogate = surrogate
+
+
+def threshold_relative(snn: SpikingNetwork):
+    """Every neuron's own surrogate, threshold-relative, inside the block (restored on exit)."""
+    return surrogate_scale(snn, "threshold")

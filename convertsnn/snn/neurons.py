@@ -125,16 +125,19 @@ class IFNeuron(nn.Module):
     def simulate(self, seq: torch.Tensor, theta: torch.Tensor, surrogate) -> torch.Tensor:
         """Run the dynamics step by step through autograd; returns ``theta * spikes`` ``[T, B, ...]``.
 
-        ``surrogate`` is any object whose ``spike(x)`` is called once per step, in order (e.g.
+        ``surrogate`` is any object whose ``spike(x, theta)`` is called once per step, in order
+        and whose ``detach_reset`` (default False) excludes the reset from the graph (e.g.
         the adaptive surrogate of :mod:`convertsnn.attacks.adaptive_surrogate`). For a plain
         :class:`Surrogate` the forward pass uses the equivalent, faster :class:`_IFDynamics`.
         """
         u = torch.zeros_like(seq[0]) + self.v_init * theta
+        detach_reset = surrogate.detach_reset
         out = []
         for current in seq:
             u = self.leak * u + current
-            spike = surrogate.spike(u - theta)
-            u = u - spike * theta if self.reset == "subtract" else u * (1 - spike)
+            spike = surrogate.spike(u - theta, theta)
+            reset = spike.detach() if detach_reset else spike
+            u = u - reset * theta if self.reset == "subtract" else u * (1 - reset)
             out.append(spike * theta)
         return torch.stack(out)
 
@@ -189,6 +192,7 @@ class _IFDynamics(torch.autograd.Function):
 
     The threshold gradient is computed only when the threshold needs one (not during attacks
     on a frozen model) and is reduced to the threshold's shape at every step.
+    With ``surrogate.detach_reset`` the spike in the reset is a constant: ``gs = go*theta``.
     """
 
     @staticmethod
@@ -224,18 +228,19 @@ def backprop_through_time(
     grad_in = torch.empty_like(membrane)
     grad_theta = []
     gu = torch.zeros_like(membrane[0])
+    detach_reset = surrogate.detach_reset
     for t in range(len(membrane) - 1, -1, -1):
         h, go, spike = membrane[t], grad_out[t], spikes[t]
-        sg = surrogate.derivative(h - theta)
+        sg = surrogate.derivative(h - theta, theta)
         if reset_zero:
-            gs = go * theta - gu * h
+            gs = go * theta if detach_reset else go * theta - gu * h
             gssg = gs * sg
             gh = torch.add(gu.masked_fill(spike, 0.0), gssg, out=grad_in[t])
             if need_theta:
                 grad_theta.append(reduce(go * spike - gssg))
         else:
             d = go - gu
-            gssg = torch.mul(d, theta).mul_(sg)
+            gssg = torch.mul(go if detach_reset else d, theta).mul_(sg)
             gh = torch.add(gu, gssg, out=grad_in[t])
             if need_theta:
                 grad_theta.append(reduce(d.mul_(spike).sub_(gssg)))
