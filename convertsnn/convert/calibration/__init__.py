@@ -3,10 +3,12 @@
 from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     bias_correction,
     bnstats,
+    bnstats_mse,
     channelwise,
     layerwise,
     max_norm,
     mse,
+    offset,
     percentile,
     qcfs,
 )
