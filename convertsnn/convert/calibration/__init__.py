@@ -1,6 +1,7 @@
 """Threshold calibration methods, one module each, one registry."""
 
 from convertsnn.convert.calibration import (  # noqa: F401  (registration)
+    auto,
     bias_correction,
     bnstats,
     bnstats_mse,
