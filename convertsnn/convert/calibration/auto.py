@@ -9,7 +9,7 @@ and the choice and every score are recorded in the file's metadata (``auto_calib
 A model selection step over existing methods, in the spirit of SNN Calibration's per-layer
 threshold search (Li et al., ICML 2021), applied to whole methods.
 
-Spec: ``auto[:CANDIDATE+CANDIDATE+...]``, default ``auto:bnmse+mse+biascal:mse+offset:biascal:mse``
+Spec: ``auto[:CANDIDATE+CANDIDATE+...]``, default ``auto:bnmse+mse+channelwise+biascal:mse``
 (the candidates are separated by ``+``; QCFS finetunes the ANN and cannot be a candidate).
 ``holdout`` (a quarter of the calibration images, at most 256) are kept for scoring.
 """
@@ -31,7 +31,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.neurons import IFNeuron
 
-DEFAULT_CANDIDATES = "bnmse+mse+biascal:mse+offset:biascal:mse"
+DEFAULT_CANDIDATES = "bnmse+mse+channelwise+biascal:mse"
 MAX_HOLDOUT = 256
 
 

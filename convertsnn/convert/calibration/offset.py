@@ -22,15 +22,11 @@ plus ``images x T`` of the largest layer (see :mod:`convertsnn.convert.calibrati
 from __future__ import annotations
 
 import torch
-from torch import fx
 from torch.utils.data import DataLoader
 
 from convertsnn.convert.calibration.bias_correction import channel_mean
-from convertsnn.convert.calibration.registry import (
-    CalibrationMethod,
-    get_calibration,
-    register_calibration,
-)
+from convertsnn.convert.calibration.composed import OnTopOf
+from convertsnn.convert.calibration.registry import register_calibration
 from convertsnn.convert.calibration.sequential import calibration_images, run_layer_by_layer
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.neurons import IFNeuron
@@ -39,32 +35,15 @@ V_INIT_GRID = tuple(i / 8 for i in range(9))
 
 
 @register_calibration
-class OffsetSpikes(CalibrationMethod):
+class OffsetSpikes(OnTopOf):
     """``offset[:BASE]``: BASE's thresholds, then the per-layer initial membrane for T."""
 
     name = "offset"
+    default_base = "mse"
     depends_on_timesteps = True
     images = 128
 
-    def __init__(self, arg: str | None = None) -> None:
-        self.base = get_calibration(arg or "mse")
-
-    def prepare_ann(
-        self, ann: fx.GraphModule, loader: DataLoader | None, device: torch.device
-    ) -> fx.GraphModule:
-        return self.base.prepare_ann(ann, loader, device)
-
-    def thresholds(
-        self,
-        ann: fx.GraphModule,
-        activations: list[str],
-        loader: DataLoader | None,
-        device: torch.device,
-    ) -> dict[str, torch.Tensor]:
-        return self.base.thresholds(ann, activations, loader, device)
-
-    def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
-        self.base.correct_snn(snn, loader, device)
+    def correct_on_top(self, snn, loader: DataLoader | None, device: torch.device) -> None:
         self.calibrate_offsets(snn, loader, device)
 
     def calibrate_offsets(self, snn, loader: DataLoader | None, device: torch.device) -> None:
@@ -89,9 +68,6 @@ class OffsetSpikes(CalibrationMethod):
             return best_out
 
         run_layer_by_layer(snn, images, steps, shift, device, desc="initial membrane")
-
-    def __str__(self) -> str:
-        return f"offset:{self.base}"
 
 
 def offset_error(rate: torch.Tensor, target: torch.Tensor) -> float:
