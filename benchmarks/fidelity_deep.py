@@ -17,12 +17,15 @@ the full run is ``--test-images 1000 --timesteps 2,4,8,16,32``.
     OMP_NUM_THREADS=1 python benchmarks/fidelity_deep.py --data-dir ../shared/data \\
         --models-dir ../shared/models
 
-Writes benchmarks/results/fidelity_deep.{json,md} (rows are saved as they finish).
+Writes benchmarks/results/fidelity_deep.{json,md} (rows are saved as they finish; a rerun on
+the same images adds the rows and T that are missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -56,21 +59,20 @@ def run(args) -> dict:
     data = str(args.data_dir / LOSSLESS)
     test = DataLoader(load_dataset(data, "test", limit=args.test_images), batch_size=100)
     calib = DataLoader(load_dataset(data, "train", limit=args.calib_images), batch_size=64)
-    result = {
-        "command": " ".join(["python", *sys.argv]),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "models": {},
-    }
+    result = earlier_result(args)
+    result["commands"].append(shlex.join(["python", *sys.argv]))
     for name in args.models.split(","):
         file = args.models_dir / MODELS[name]
         ann = load_ann(str(file), arch=name, preprocessing=AKAMASTER).model.eval()
-        model = {"file": MODELS[name], "ann_accuracy": accuracy(ann, test), "rows": {}}
-        result["models"][name] = model
+        model = result["models"].setdefault(name, {"file": MODELS[name], "rows": {}})
+        model["ann_accuracy"] = accuracy(ann, test)
         print(f"{name}: ANN {100 * model['ann_accuracy']:.1f} %", flush=True)
         for spec in args.rows.split(";"):
-            row = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}}
-            model["rows"][spec] = row
+            empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}}
+            row = model["rows"].setdefault(spec, empty)
             for t in args.timesteps:
+                if str(t) in row["accuracy"]:
+                    continue
                 start = time.process_time()
                 snn = convert(ann, None if spec.startswith("bn") else calib, t, spec)
                 row["convert_cpu_seconds"][str(t)] = time.process_time() - start
@@ -86,14 +88,30 @@ def run(args) -> dict:
     return result
 
 
+def earlier_result(args) -> dict:
+    """The results already in ``--out`` when they were measured on the same images (a rerun
+    adds the rows and T it has not measured), else an empty result."""
+    config = {"test_images": args.test_images, "calib_images": args.calib_images}
+    path = args.out.with_suffix(".json")
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result["config"] == config:
+            return result
+    return {"commands": [], "config": config, "models": {}}
+
+
 def markdown(result: dict) -> str:
     config = result["config"]
-    steps = config["timesteps"]
+    steps = sorted({int(t) for m in result["models"].values() for r in m["rows"].values()
+                    for t in r["accuracy"]})  # fmt: skip
     lines = [
         "# Low-latency conversion of deep CIFAR-10 ResNets (no training)",
         "",
-        f"Command: `{result['command']}`",
+        "Commands (each adds the rows and T not measured yet):",
         "",
+        *[f"    {command}" for command in result["commands"]],
+        "",
+        *result.get("notes", []),
         f"Test: the first {config['test_images']} lossless CIFAR-10 test images of `{LOSSLESS}` "
         f"(at 200 images one image is 0.5 points and the standard error about 3 points). "
         f"Calibration: its first {config['calib_images']} training images (`bn*` rows: none). "
@@ -104,12 +122,12 @@ def markdown(result: dict) -> str:
         "",
     ]
     for name, model in result["models"].items():
-        header = ["method", *[f"T={t}" for t in steps], "CPU s (per T)"]
+        header = ["method", *[f"T={t}" for t in steps], "conversion CPU s (T: s)"]
         table = []
         for spec, row in model["rows"].items():
             accs = [f"{100 * row['accuracy'][str(t)]:.1f}" if str(t) in row["accuracy"] else ""
                     for t in steps]  # fmt: skip
-            seconds = "/".join(f"{s:.0f}" for s in row["convert_cpu_seconds"].values())
+            seconds = ", ".join(f"{t}: {s:.0f}" for t, s in row["convert_cpu_seconds"].items())
             table.append([f"`{spec}`", *accs, seconds])
         lines += [f"## {name} (ANN {100 * model['ann_accuracy']:.1f} % on these images)", ""]
         lines += [format_table(header, table, markdown=True), ""]
