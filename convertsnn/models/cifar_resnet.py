@@ -1,6 +1,7 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2): ResNet-20/32/56 and the VNN-COMP ResNet-2B.
+"""CIFAR ResNets (He et al. 2016, section 4.2): ResNet-20/32/44/56/110 and the VNN-COMP
+ResNet-2B and ResNet-4B.
 
-``resnet20``/``resnet32``/``resnet56`` use the key layout of github akamaster/pytorch_resnet_cifar10
+``resnet20``/``resnet32``/``resnet44``/``resnet56``/``resnet110`` use the key layout of github akamaster/pytorch_resnet_cifar10
 (``conv1``, ``bn1``, ``layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2}``, ``linear``). ``shortcut="A"``
 is the parameter-free shortcut (stride-2 subsampling, zero-padded channels); ``shortcut="B"``
 is a 1x1 conv + BN projection (``shortcut.0``/``shortcut.1``).
@@ -89,9 +90,21 @@ def resnet32(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
 
 
 @register_model
+def resnet44(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """CIFAR ResNet-44 (7 blocks per stage)."""
+    return CifarResNet(7, num_classes, shortcut)
+
+
+@register_model
 def resnet56(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
     """CIFAR ResNet-56 (9 blocks per stage)."""
     return CifarResNet(9, num_classes, shortcut)
+
+
+@register_model
+def resnet110(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """CIFAR ResNet-110 (18 blocks per stage, 1.7M parameters)."""
+    return CifarResNet(18, num_classes, shortcut)
 
 
 class _Resnet2bBlock(nn.Module):
@@ -108,26 +121,45 @@ class _Resnet2bBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class Resnet2b(nn.Module):
-    """VNN-COMP 2021 CIFAR-10 ResNet-2B: no BatchNorm, biases everywhere, 32x32 inputs.
+class VnnCompResNet(nn.Module):
+    """The VNN-COMP 2021 CIFAR-10 ResNets (no BatchNorm, biases everywhere, 32x32 inputs).
 
-    conv 3->8 stride 2 -> ReLU -> block(8->16, stride 2, 1x1 shortcut) -> block(16->16) ->
-    flatten (1024) -> linear1 100 -> ReLU -> linear2. Keys match github stanleybak/vnncomp2021.
+    conv 3->``planes`` stride 2 -> ReLU -> ``stages`` stages of two blocks each (``2 * planes``
+    channels, the first block of each stage with stride 2 and a 1x1 shortcut) -> flatten ->
+    linear1 100 -> ReLU -> linear2. Keys match github stanleybak/vnncomp2021,
+    benchmarks/cifar10_resnet: ResNet-2B is ``planes=8, stages=1`` (``layer1``), ResNet-4B
+    ``planes=16, stages=2`` (``layer1``, ``layer2``; 14,436 ReLUs, as the benchmark states).
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, planes: int, stages: int, num_classes: int = 10) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, 2, 1)
-        self.layer1 = nn.Sequential(_Resnet2bBlock(8, 16, 2), _Resnet2bBlock(16, 16, 1))
-        self.linear1 = nn.Linear(1024, 100)
+        self.conv1 = nn.Conv2d(3, planes, 3, 2, 1)
+        width, size = 2 * planes, 16
+        for stage in range(1, stages + 1):
+            blocks = [_Resnet2bBlock(planes if stage == 1 else width, width, 2)]
+            self.add_module(
+                f"layer{stage}", nn.Sequential(*blocks, _Resnet2bBlock(width, width, 1))
+            )
+            size //= 2
+        self.stages = stages
+        self.linear1 = nn.Linear(width * size * size, 100)
         self.linear2 = nn.Linear(100, num_classes)
 
     def forward(self, x):
-        out = self.layer1(F.relu(self.conv1(x)))
+        out = F.relu(self.conv1(x))
+        for stage in range(1, self.stages + 1):
+            out = getattr(self, f"layer{stage}")(out)
         return self.linear2(F.relu(self.linear1(out.flatten(1))))
 
 
 @register_model
-def resnet2b(num_classes: int = 10) -> Resnet2b:
-    """VNN-COMP 2021 ResNet-2B (about 0.1M parameters), see :class:`Resnet2b`."""
-    return Resnet2b(num_classes)
+def resnet2b(num_classes: int = 10) -> VnnCompResNet:
+    """VNN-COMP 2021 ResNet-2B (about 0.1M parameters), see :class:`VnnCompResNet`."""
+    return VnnCompResNet(8, 1, num_classes)
+
+
+@register_model
+def resnet4b(num_classes: int = 10) -> VnnCompResNet:
+    """VNN-COMP 2021 ResNet-4B (2 stages of 2 blocks, 16 -> 32 channels), see
+    :class:`VnnCompResNet`."""
+    return VnnCompResNet(16, 2, num_classes)

@@ -1,12 +1,15 @@
 """Threshold calibration methods, one module each, one registry."""
 
 from convertsnn.convert.calibration import (  # noqa: F401  (registration)
+    auto,
     bias_correction,
     bnstats,
+    bnstats_mse,
     channelwise,
     layerwise,
     max_norm,
     mse,
+    offset,
     percentile,
     qcfs,
 )

@@ -27,11 +27,8 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
-from convertsnn.convert.calibration.registry import (
-    CalibrationMethod,
-    get_calibration,
-    register_calibration,
-)
+from convertsnn.convert.calibration.composed import OnTopOf
+from convertsnn.convert.calibration.registry import register_calibration
 from convertsnn.convert.calibration.sequential import calibration_images, run_layer_by_layer
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.neurons import IFNeuron
@@ -69,7 +66,7 @@ def bias_owner(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 
 @register_calibration
-class BiasCalibration(CalibrationMethod):
+class BiasCalibration(OnTopOf):
     """``biascal[:BASE]``: BASE's thresholds, then per-layer bias correction on the SNN."""
 
     name = "biascal"
@@ -77,25 +74,7 @@ class BiasCalibration(CalibrationMethod):
     images = 256
     iterations = 3
 
-    def __init__(self, arg: str | None = None) -> None:
-        self.base = get_calibration(arg or "percentile:99.99")
-
-    def prepare_ann(
-        self, ann: fx.GraphModule, loader: DataLoader | None, device: torch.device
-    ) -> fx.GraphModule:
-        return self.base.prepare_ann(ann, loader, device)
-
-    def thresholds(
-        self,
-        ann: fx.GraphModule,
-        activations: list[str],
-        loader: DataLoader | None,
-        device: torch.device,
-    ) -> dict[str, torch.Tensor]:
-        return self.base.thresholds(ann, activations, loader, device)
-
-    def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
-        self.base.correct_snn(snn, loader, device)
+    def correct_on_top(self, snn, loader: DataLoader | None, device: torch.device) -> None:
         self.calibrate_biases(snn, loader, device)
 
     def calibrate_biases(self, snn, loader: DataLoader | None, device: torch.device) -> None:
@@ -130,9 +109,6 @@ class BiasCalibration(CalibrationMethod):
                 f"them): {', '.join(skipped)}",
                 stacklevel=2,
             )
-
-    def __str__(self) -> str:
-        return f"biascal:{self.base}"
 
 
 def ann_targets(snn, images: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:

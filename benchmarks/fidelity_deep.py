@@ -1,0 +1,163 @@
+"""Low-latency conversion of deep CIFAR-10 ResNets without training (issue 17).
+
+For each model (the standard ResNet-20 and ResNet-56 of akamaster/pytorch_resnet_cifar10 in
+--models-dir) and each calibration method (--rows), the script converts the ANN for every T in
+--timesteps (every method is converted for each T, so T-aware ones are tuned for it) and
+measures, in one run:
+
+- the SNN's accuracy on the first --test-images lossless CIFAR-10 test images
+  (cifar10_lossless_subset.npz), next to the ANN's on the same images;
+- the conversion's CPU seconds (``time.process_time``, this process's threads; calibration and
+  any post-conversion correction, not the evaluation).
+
+Calibration uses the first --calib-images lossless *training* images (none for the data-free
+rows). No test image is seen before evaluation. A small run (the default) is a quick check;
+the full run is ``--test-images 1000 --timesteps 2,4,8,16,32``.
+
+    OMP_NUM_THREADS=1 python benchmarks/fidelity_deep.py --data-dir ../shared/data \\
+        --models-dir ../shared/models
+
+Writes benchmarks/results/fidelity_deep.{json,md} (rows are saved as they finish; a rerun on
+the same images adds the rows and T that are missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from convertsnn.convert import convert
+from convertsnn.data import load_dataset
+from convertsnn.eval.report import format_table, write_json
+from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.snn.serialize import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+AKAMASTER = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 32, 32), 10)
+MODELS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+ROWS = "bnstats;bnmse;mse;biascal:mse;offset:mse;offset:biascal:mse;auto"
+LOSSLESS = "cifar10_lossless_subset.npz"
+
+
+def accuracy(model, loader: DataLoader) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def run(args) -> dict:
+    data = str(args.data_dir / LOSSLESS)
+    test = DataLoader(load_dataset(data, "test", limit=args.test_images), batch_size=100)
+    calib = DataLoader(load_dataset(data, "train", limit=args.calib_images), batch_size=64)
+    result = earlier_result(args)
+    result["commands"].append(shlex.join(["python", *sys.argv]))
+    for name in args.models.split(","):
+        file = args.models_dir / MODELS[name]
+        ann = load_ann(str(file), arch=name, preprocessing=AKAMASTER).model.eval()
+        model = result["models"].setdefault(name, {"file": MODELS[name], "rows": {}})
+        model["ann_accuracy"] = accuracy(ann, test)
+        print(f"{name}: ANN {100 * model['ann_accuracy']:.1f} %", flush=True)
+        for spec in args.rows.split(";"):
+            empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}}
+            row = model["rows"].setdefault(spec, empty)
+            for t in args.timesteps:
+                if str(t) in row["accuracy"]:
+                    continue
+                start = time.process_time()
+                snn = convert(ann, None if spec.startswith("bn") else calib, t, spec)
+                row["convert_cpu_seconds"][str(t)] = time.process_time() - start
+                row["accuracy"][str(t)] = accuracy(snn, test)
+                if "auto_calibration" in snn.metadata:
+                    row["chosen"][str(t)] = snn.metadata["auto_calibration"]["chosen"]
+                print(
+                    f"  {spec:22s} T={t:<3d} {100 * row['accuracy'][str(t)]:5.1f} %  "
+                    f"({row['convert_cpu_seconds'][str(t)]:.0f} s CPU)",
+                    flush=True,
+                )
+                save(result, args.out)
+    return result
+
+
+def earlier_result(args) -> dict:
+    """The results already in ``--out`` when they were measured on the same images (a rerun
+    adds the rows and T it has not measured), else an empty result."""
+    config = {"test_images": args.test_images, "calib_images": args.calib_images}
+    path = args.out.with_suffix(".json")
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result["config"] == config:
+            return result
+    return {"commands": [], "config": config, "models": {}}
+
+
+def markdown(result: dict) -> str:
+    config = result["config"]
+    steps = sorted({int(t) for m in result["models"].values() for r in m["rows"].values()
+                    for t in r["accuracy"]})  # fmt: skip
+    lines = [
+        "# Low-latency conversion of deep CIFAR-10 ResNets (no training)",
+        "",
+        "Commands (each adds the rows and T not measured yet):",
+        "",
+        *[f"    {command}" for command in result["commands"]],
+        "",
+        *result.get("notes", []),
+        f"Test: the first {config['test_images']} lossless CIFAR-10 test images of `{LOSSLESS}` "
+        f"(at 200 images one image is 0.5 points and the standard error about 3 points). "
+        f"Calibration: its first {config['calib_images']} training images (`bn*` rows: none). "
+        "Accuracy in %; every method converted for each T; IF neurons, reset by subtraction, "
+        "membrane from theta/2 (unless `offset` moves it), direct input coding. CPU seconds: "
+        "the conversion alone (`time.process_time`), measured while other jobs shared the two "
+        "cores of this machine, so only their order of magnitude is telling.",
+        "",
+    ]
+    for name, model in result["models"].items():
+        header = ["method", *[f"T={t}" for t in steps], "conversion CPU s (T: s)"]
+        table = []
+        for spec, row in model["rows"].items():
+            accs = [f"{100 * row['accuracy'][str(t)]:.1f}" if str(t) in row["accuracy"] else ""
+                    for t in steps]  # fmt: skip
+            seconds = ", ".join(f"{t}: {s:.0f}" for t, s in row["convert_cpu_seconds"].items())
+            table.append([f"`{spec}`", *accs, seconds])
+        lines += [f"## {name} (ANN {100 * model['ann_accuracy']:.1f} % on these images)", ""]
+        lines += [format_table(header, table, markdown=True), ""]
+        for spec, row in model["rows"].items():
+            if row["chosen"]:
+                chosen = ", ".join(f"T={t}: `{c}`" for t, c in row["chosen"].items())
+                lines += [f"`{spec}` chose {chosen}.", ""]
+    return "\n".join(lines)
+
+
+def save(result: dict, out: Path) -> None:
+    write_json(out.with_suffix(".json"), result)
+    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown(result)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--models-dir", type=Path, default=ROOT.parent / "shared" / "models")
+    parser.add_argument("--models", default="resnet20,resnet56")
+    parser.add_argument("--rows", default=ROWS, help="calibration specs separated by ;")
+    parser.add_argument("--timesteps", default="4,8,16")
+    parser.add_argument("--test-images", type=int, default=200)
+    parser.add_argument("--calib-images", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/fidelity_deep")
+    args = parser.parse_args()
+    args.timesteps = [int(t) for t in args.timesteps.split(",")]
+    torch.manual_seed(0)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
