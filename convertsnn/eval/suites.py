@@ -69,14 +69,14 @@ QUICK = Suite(
     "quick",
     "FGSM in 6 gradient modes (the model's surrogate, sigmoid 20 and rect 0.25 with detached "
     "reset, BPTR, ANN proxy, adaptive a=0.8), PGD-20 (step eps/4, 2 restarts) in the sharp "
-    "modes, Square-100. A first look, not a final number.",
+    "modes, Square-1000. A first look, not a final number.",
     candidates=("native", *SHARP_MODES, "bptr", "ann"),
     adaptive=(0.8,),
     probe=False,
     stages=(
         Stage("fgsm"),
         Stage("pgd", SHARP_PGD, SHARP_MODES),
-        Stage("square", {"queries": 100}, "none"),
+        Stage("square", {"queries": 1000}, "none"),
     ),
 )
 
@@ -86,7 +86,7 @@ STANDARD = Suite(
     "reset, seed 000's sigmoid 4 and atan 2, STE, triangle 0.5, BPTR, ANN proxy, adaptive tuned "
     "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4, 2 restarts) x top-3, "
     "APGD-CE-100 x top-1, APGD-T-50 (3 targets) x top-1, transfer from the source ANN, "
-    "Square-500.",
+    "Square-5000.",
     candidates=(
         "native",
         *SHARP_MODES,
@@ -105,7 +105,7 @@ STANDARD = Suite(
         Stage("apgd-ce", {"steps": 100}, "top:1"),
         Stage("apgd-t", {"steps": 50, "targets": 3}, "top:1"),
         Stage("transfer", {"steps": 100}, "none"),
-        Stage("square", {"queries": 500}, "none"),
+        Stage("square", {"queries": 5000}, "none"),
     ),
 )
 
