@@ -131,3 +131,18 @@ def test_objective_rejects_gradient_modes_on_a_plain_ann():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     with pytest.raises(ConvertSNNError, match="needs a SpikingNetwork"):
         objective(model, torch.rand(2, 4), torch.tensor([0, 1]))
+
+
+def test_quick_selection_also_trains_an_ann(tmp_path):
+    data = separable_npz(tmp_path / "gray.npz", n=40, size=28, channels=1)
+    result = run_cli(
+        "train", "--arch", "mnist_cnn", "--arch-kwargs", '{"width": 2}', "--data", data,
+        "--epochs", "1", "--batch-size", "16", "--objective", "pgd-at", "--eps", "0.03",
+        "--attack-steps", "2", "--val-fraction", "0.2", "--val-attack-steps", "2",
+        "--select-by", "quick", "--select-images", "5", "--out-dir", tmp_path / "ann",
+        "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "quick suite" in result.output
+    refused = run_cli("train", "--arch", "mnist_cnn", "--data", data, "--attack-gradient", "bptr")
+    assert_one_line_error(refused, "No such option '--attack-gradient'")  # ANNs have no modes
