@@ -20,15 +20,16 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     data = separable_npz(tmp_path / "data.npz", n=40)
     snn = tiny_snn_file(tmp_path / "snn.safetensors", data)
     # The inner attack starts at x (no random draw), so both runs see the same x_adv; the data
-    # order is the DistributedSampler's in both. 30 training images, global batch 8.
+    # order is the DistributedSampler's in both. 30 training images, global batch 8. The quick
+    # suite selects the best epoch on the 10 held-out images, split over the ranks.
     settings = dict(objective="pgd-at", random_start=False, eps=0.05, attack_steps=2, epochs=2,
                     batch_size=8, val_fraction=0.25, val_attack_steps=2, lr=0.05, seed=1,
-                    device="cpu", progress=False)  # fmt: skip
+                    select_by="quick", select_images=10, device="cpu", progress=False)  # fmt: skip
     single = finetune(model=str(snn), data=str(data), out_dir=str(tmp_path / "one"), **settings)
 
     flags = ["--no-random-start", "--no-progress"]
     for key in ("objective", "eps", "attack_steps", "epochs", "batch_size", "val_fraction",
-                "val_attack_steps", "lr", "seed", "device"):  # fmt: skip
+                "val_attack_steps", "lr", "seed", "select_by", "select_images", "device"):  # fmt: skip
         flags += ["--" + key.replace("_", "-"), str(settings[key])]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
@@ -60,6 +61,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         )
         assert got["train_clean_acc"] == want["train_clean_acc"]
         assert got["val_clean_acc"] == want["val_clean_acc"]  # sharded held-out set, summed
+        assert round(got["val_quick_acc"] * 10, 6) % 1 == 0  # a count of 10 images, summed
+        assert got["val_quick_acc"] <= got["val_clean_acc"]
 
 
 def test_one_process_under_torchrun_starts_a_process_group(monkeypatch):

@@ -22,8 +22,10 @@ from convertsnn.finetune.config import (
     OPTIMIZERS,
     PARAMETER_SETS,
     SCHEDULES,
+    SELECTIONS,
 )
 from convertsnn.objectives import list_objectives, list_regularizers
+from convertsnn.objectives.attack_gradient import PICKS
 
 # (flag, field, click type, help); the default shown is the config class's.
 _SHARED = [
@@ -32,6 +34,8 @@ _SHARED = [
     ("--train-images", "train_images", int, "Use only the first N training images."),
     ("--val-fraction", "val_fraction", float, "Share of the training images held out for model selection."),
     ("--val-attack-steps", "val_attack_steps", int, "PGD steps for the held-out robust accuracy."),
+    ("--select-by", "select_by", str, f"Best epoch by held-out robust accuracy under {' or '.join(SELECTIONS)} (quick: the quick suite, docs/evaluation.md; PGD is still logged)."),
+    ("--select-images", "select_images", int, "With --select-by quick: attack only the first N held-out images (default: all)."),
     ("--objective", "objective", str, f"Training objective: {', '.join(list_objectives())}."),
     ("--eps", "eps", str, "L-inf radius of the inner attack, e.g. 2/255."),
     ("--alpha", "alpha", str, "Inner attack step size (objective's default if unset)."),
@@ -117,6 +121,11 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
         click.echo(
             f"held-out images: clean {100 * best['val_clean_acc']:.2f}%, "
             f"robust {100 * best['val_robust_acc']:.2f}%"
+            + (
+                f", quick suite {100 * best['val_quick_acc']:.2f}%"
+                if "val_quick_acc" in best
+                else ""
+            )
         )
     click.echo(f"last epoch: {result.last}; checkpoint and logs in {result.out_dir}/")
     write_json_out(json_out, {
@@ -157,6 +166,18 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.option(
     "--train", "train", type=str,
     help=f"Parameters that learn: {', '.join(PARAMETER_SETS)}{_default(FinetuneConfig, 'train')}.",
+)  # fmt: skip
+@click.option(
+    "--attack-gradient", type=str,
+    help="Gradient mode(s) of the inner attack, comma-separated specs as for evaluate's "
+    "--gradient, e.g. bptt:sigmoid:20:detach,bptt:rect:0.25:detach,bptr (native: the "
+    f"training surrogate){_default(FinetuneConfig, 'attack_gradient')}.",
+)  # fmt: skip
+@click.option(
+    "--attack-gradient-pick", type=str,
+    help=f"{' or '.join(PICKS)}: one of the --attack-gradient modes drawn per step, or the "
+    "attack run in each and the per-sample worst kept (k times the attack's cost)"
+    f"{_default(FinetuneConfig, 'attack_gradient_pick')}.",
 )  # fmt: skip
 @run_options(FinetuneConfig)
 def command(model, recipe, json_out, **options) -> None:

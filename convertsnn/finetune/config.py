@@ -20,7 +20,8 @@ import yaml
 
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.surrogate import SURROGATE_SCALES
-from convertsnn.objectives import get_objective, get_regularizer
+from convertsnn.objectives import get_objective, get_regularizer, objective_class
+from convertsnn.objectives.attack_gradient import InnerGradient
 from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.network import MEMORY_MODES
 from convertsnn.snn.surrogate import parse_surrogate
@@ -31,6 +32,7 @@ AUGMENTATIONS = ("none", "crop-flip")
 PARAMETER_SETS = ("all", "weights", "thresholds")
 NEURON_CHOICES = ("keep", "dlif")
 MEMORY_CHOICES = MEMORY_MODES
+SELECTIONS = ("pgd", "quick")
 
 # Fields that change how a run is carried out but not what it computes: a resumed run may
 # change them (a run directory may also be moved).
@@ -49,6 +51,8 @@ class RunConfig:
     train_images: int | None = None
     val_fraction: float = 0.1
     val_attack_steps: int = 10
+    select_by: str = "pgd"
+    select_images: int | None = None
     objective: str = "pgd-at"
     eps: float = 2 / 255
     alpha: float | None = None
@@ -87,6 +91,18 @@ class RunConfig:
         if not 0 <= self.val_fraction < 1:
             raise ConvertSNNError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _at_least("val_attack_steps", self.val_attack_steps, 1)
+        _choice("select_by", self.select_by, SELECTIONS)
+        _at_least("select_images", self.select_images, 1, optional=True)
+        if self.select_by == "quick" and self.val_fraction == 0:
+            raise ConvertSNNError(
+                "select_by quick ranks epochs on held-out images; val_fraction is 0 (none): "
+                "set --val-fraction or use --select-by pgd"
+            )
+        if self.select_images is not None and self.select_by != "quick":
+            raise ConvertSNNError(
+                "select_images caps the quick suite's held-out images; add --select-by quick "
+                "or drop --select-images"
+            )
         self.build_objective()
         for spec in self.regularizers:
             if get_regularizer(spec).name == "mppd" and self.objective == "natural":
@@ -177,7 +193,11 @@ class FinetuneConfig(RunConfig):
     ``weights`` or ``thresholds``. ``memory`` ``checkpoint`` recomputes each spiking layer in
     the backward pass instead of keeping its activations (see
     :mod:`convertsnn.snn.checkpointing`). ``teacher``: an SNN file whose source ANN the ``distill``
-    regularizer learns from (default: the model's own, as loaded).
+    regularizer learns from (default: the model's own, as loaded). ``attack_gradient``: the
+    inner attack's gradient mode(s), comma-separated specs of
+    :mod:`convertsnn.attacks.gradient_modes` (default ``native``: the training surrogate), one
+    drawn per step (``attack_gradient_pick`` ``draw``) or the per-sample worst (``worst``); see
+    :mod:`convertsnn.objectives.attack_gradient`.
     """
 
     model: str = ""
@@ -189,6 +209,8 @@ class FinetuneConfig(RunConfig):
     surrogate_scale: str = "threshold"
     memory: str = "full"
     train: str = "all"
+    attack_gradient: str = "native"
+    attack_gradient_pick: str = "draw"
     objective: str = "trades-rfgsm"
     epochs: int = 60
     lr: float = 1e-3
@@ -209,12 +231,25 @@ class FinetuneConfig(RunConfig):
             parse_encoder(self.encoder)
         _choice("neuron", self.neuron, NEURON_CHOICES)
         _choice("memory", self.memory, MEMORY_CHOICES)
+        inner = InnerGradient(self.attack_gradient, self.attack_gradient_pick)
+        if not inner.native and not objective_class(self.objective).gradient_attack:
+            raise ConvertSNNError(
+                f"objective '{self.objective}' has no gradient attack, so attack_gradient "
+                f"'{self.attack_gradient}' cannot apply; use a gradient objective (pgd-at, "
+                "trades, ...) or leave attack_gradient native"
+            )
         if self.teacher and all(get_regularizer(s).name != "distill" for s in self.regularizers):
             raise ConvertSNNError(
                 "a teacher is only used by the distill regularizer; add --regularizer distill "
                 "or drop --teacher"
             )
         super().validate()
+
+    def build_objective(self):
+        objective = super().build_objective()
+        inner = InnerGradient(self.attack_gradient, self.attack_gradient_pick)
+        objective.inner_gradient = None if inner.native else inner
+        return objective
 
 
 @dataclass(kw_only=True)

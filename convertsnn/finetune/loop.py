@@ -1,9 +1,11 @@
 """The robust training loop shared by SNN finetuning and ANN training.
 
 Per step: the objective's inner attack, its loss (plus any regularisers), one optimiser step.
-Per epoch: clean and PGD accuracy on the held-out images, ``last`` and (when held-out robust
-accuracy improved) ``best`` model files, and a checkpoint; with ``checkpoint_every`` also every
-N steps. Every checkpoint holds all random states, so ``resume`` continues exactly.
+Per epoch: clean and PGD accuracy on the held-out images (with ``select_by`` ``quick`` also the
+quick suite's robust accuracy on the first ``select_images`` of them), ``last`` and (when the
+selection's held-out robust accuracy improved) ``best`` model files, and a checkpoint; with
+``checkpoint_every`` also every N steps. Every checkpoint holds all random states, so ``resume``
+continues exactly.
 
 Files in ``out_dir``: ``checkpoint.pt``, ``best.safetensors``, ``last.safetensors``,
 ``config.json``, ``log.jsonl``, ``log.csv`` (and ``tensorboard/``).
@@ -27,6 +29,7 @@ from convertsnn.attacks import PGD
 from convertsnn.data import ImageDataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.robustness import accuracy, robust_accuracy
+from convertsnn.eval.suites import QUICK, run_suite
 from convertsnn.finetune.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -39,6 +42,7 @@ from convertsnn.finetune.distributed import DistContext
 from convertsnn.finetune.projection import project_weights
 from convertsnn.finetune.runlog import RunLog
 from convertsnn.objectives import get_regularizer, regularized_loss
+from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -138,12 +142,7 @@ class _Run:
         self.augment = Augmenter(config.augment, config.seed + ctx.rank)
         self.progress = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
                          "best_epoch": 0, "running": _zero_sums()}  # fmt: skip
-        self.selection = (
-            f"held-out robust accuracy (PGD-{config.val_attack_steps}, eps "
-            f"{self.objective.eps:.6g})"
-            if val_set is not None
-            else "last epoch (no held-out images)"
-        )
+        self.selection = _selection(config, self.objective.eps, val_set)
 
     @property
     def checkpoint(self) -> Path:
@@ -258,7 +257,7 @@ class _Run:
         history = progress["history"]
         history.append(record)
         best = progress["best_epoch"]
-        if self.val_set is None or best == 0 or _better(record, history[best - 1]):
+        if self.val_set is None or best == 0 or _better(record, history[best - 1], config):
             progress["best_epoch"] = epoch + 1
         log.write(record)
         log.write_epochs(history)
@@ -335,12 +334,51 @@ def _validate(
     attack = PGD(model, eps, steps=config.val_attack_steps)
     robust = robust_accuracy(model, attack, loader, ctx.device, "held-out pgd", bars) * n
     clean, robust, total = ctx.sum([round(clean), round(robust), n])
-    return {"val_clean_acc": clean / total, "val_robust_acc": robust / total}
+    record = {"val_clean_acc": clean / total, "val_robust_acc": robust / total}
+    if config.select_by == "quick":
+        record["val_quick_acc"] = _quick_accuracy(model, val_set, config, eps, ctx)
+    return record
 
 
-def _better(record: dict, best: dict) -> bool:
-    """Higher held-out robust accuracy wins; ties go to higher clean accuracy, then the later."""
-    key = ("val_robust_acc", "val_clean_acc")
+def _quick_accuracy(
+    model: nn.Module, val_set: ImageDataset, config: RunConfig, eps: float, ctx: DistContext
+) -> float:
+    """The quick suite's robust accuracy on the first ``select_images`` held-out images (all
+    when unset): each rank attacks its share, the per-sample outcomes are summed over ranks.
+    The suite reseeds the generators per batch, so it runs on a fork of them (the training
+    stream continues as without it)."""
+    count = min(len(val_set), config.select_images or len(val_set))
+    index = ctx.shard(count)
+    correct = 0.0
+    if index:
+        x = val_set.images[index].float().div(255).to(ctx.device)
+        y = val_set.labels[index].to(ctx.device)
+        stochastic = isinstance(model, SpikingNetwork) and model.encoder.stochastic
+        devices = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            result = run_suite(QUICK, model, x, y, eps, eot=20 if stochastic else 1,
+                               batch_size=config.batch_size, seed=config.seed,
+                               progress=config.progress and ctx.is_main)  # fmt: skip
+        correct = float(result.ensemble.correct.sum())
+    correct, total = ctx.sum([correct, len(index)])
+    return correct / total
+
+
+def _selection(config: RunConfig, eps: float, val_set: ImageDataset | None) -> str:
+    """How the best epoch is chosen, in words (stored with the model files)."""
+    if val_set is None:
+        return "last epoch (no held-out images)"
+    if config.select_by == "quick":
+        count = min(len(val_set), config.select_images or len(val_set))
+        return f"held-out robust accuracy (quick suite, eps {eps:.6g}, {count} images)"
+    return f"held-out robust accuracy (PGD-{config.val_attack_steps}, eps {eps:.6g})"
+
+
+def _better(record: dict, best: dict, config: RunConfig) -> bool:
+    """Higher held-out robust accuracy (PGD's or, with ``select_by`` quick, the quick suite's)
+    wins; ties go to higher clean accuracy, then the later."""
+    robust = "val_quick_acc" if config.select_by == "quick" else "val_robust_acc"
+    key = (robust, "val_clean_acc")
     return tuple(record[k] for k in key) >= tuple(best[k] for k in key)
 
 
@@ -354,4 +392,6 @@ def _summary(record: dict, best: bool) -> str:
             f", held-out clean {100 * record['val_clean_acc']:.1f}% "
             f"robust {100 * record['val_robust_acc']:.1f}%"
         )
+    if "val_quick_acc" in record:
+        text += f", quick suite {100 * record['val_quick_acc']:.1f}%"
     return text + f" ({record['seconds']:.0f} s){' [best]' if best else ''}"

@@ -9,7 +9,8 @@ model's outputs. All objectives are called the same way::
 ``model`` may be wrapped in DistributedDataParallel: the loss runs through the wrapper (so
 gradients are synchronised), the inner attack through the plain module. The inner attack runs
 the model in eval mode and uses whatever gradient mode the model is in (the training loop sets
-BPTT with the chosen surrogate for SNNs).
+BPTT with the chosen surrogate for SNNs), unless ``inner_gradient`` (an
+:class:`~convertsnn.objectives.attack_gradient.InnerGradient`) names other modes.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class Objective:
     name: ClassVar[str] = ""
     default_beta: ClassVar[float | None] = None
     default_steps: ClassVar[int] = 10
+    gradient_attack: ClassVar[bool] = True
+    """False for objectives whose inner attack takes no gradient (no gradient mode applies)."""
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class Objective:
         self.alpha = self.step_size(alpha)
         self.beta = self.default_beta if beta is None else float(beta)
         self.random_start = bool(random_start)
+        self.inner_gradient = None  # an InnerGradient (attack_gradient.py); None: the model's own
 
     def step_size(self, alpha: float | None) -> float:
         """The inner step size: ``alpha``, or the method's default when None (here
@@ -117,7 +121,10 @@ class Objective:
         """Inner attack on the plain module, then the loss through ``model``."""
         plain = plain_module(model)
         clean_logits = eval_logits(plain, x)
-        x_adv = self.attack(plain, x, y, clean_logits).detach()
+        if self.inner_gradient is None:
+            x_adv = self.attack(plain, x, y, clean_logits).detach()
+        else:
+            x_adv = self.inner_gradient.run(self.attack, plain, x, y, clean_logits)
         loss, adv_logits, terms = self.loss(model, x, x_adv, y)
         return ObjectiveOutput(loss, clean_logits, adv_logits.detach(), x_adv, terms)
 
@@ -142,6 +149,7 @@ class Objective:
             "alpha": self.alpha,
             "beta": self.beta,
             "random_start": self.random_start,
+            "attack_gradient": str(self.inner_gradient or "native"),
         }
 
     def __repr__(self) -> str:

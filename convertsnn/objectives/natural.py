@@ -21,6 +21,7 @@ class Natural(Objective):
     """``CE(f(x), y)``; ``x_adv`` is ``x`` itself (eps and the attack settings are unused)."""
 
     name = "natural"
+    gradient_attack = False
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         loss, logits, terms = self.loss(model, x, x, y)

@@ -74,6 +74,7 @@ class RSSNNGaussian(RSSNNFGSM):
     """RSSNN with Gaussian perturbations ``x + eps * N(0, I)`` (the paper's Gaussian mode)."""
 
     name = "rssnn-gaussian"
+    gradient_attack = False
 
     def attack(self, model, x, y, clean_logits):
         return (x + self.eps * torch.randn_like(x)).clamp(0, 1)
