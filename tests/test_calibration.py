@@ -204,7 +204,9 @@ def test_bnstats_needs_no_data_and_matches_the_activation_scale(data):
     assert all(t.item() > 0 for t in plain.thresholds.values())
 
 
-def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
+def test_cli_default_calibrations_follow_the_measurements(tmp_path):
+    """Without --calibration: bnmse without data (best data-free, docs/conversion.md), auto
+    with data, biascal:mse (auto's usual pick) below auto's 4 images; a given one is kept."""
     torch.manual_seed(0)
     net = create_model("resnet20")
     ann = save_ann(net, tmp_path / "r20.safetensors", "resnet20", {},
@@ -212,10 +214,17 @@ def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
     out = tmp_path / "snn.safetensors"
     result = CliRunner().invoke(main, ["convert", str(ann), "-T", "4", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "without data (bnstats: BatchNorm statistics" in result.output
+    assert "without data (bnmse: BatchNorm statistics" in result.output
     assert "--calib DATA" in result.output
-    assert out.is_file() and "calibration bnstats:3" in result.output
+    assert out.is_file() and "calibration bnmse:K=3" in result.output
     data = write_npz(tmp_path / "d.npz", n=8, shape=(32, 32, 3))
+    for images, used in (("8", "calibration auto:bnmse"), ("3", "calibration biascal:mse")):
+        result = CliRunner().invoke(
+            main, ["convert", str(ann), "--calib", str(data), "--calib-images", images, "-T",
+                   "4", "-o", str(out)]
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert used in result.output and "without data" not in result.output
     result = CliRunner().invoke(
         main, ["convert", str(ann), "--calib", str(data), "--calibration", "qcfs:L=2,epochs=0"]
     )
