@@ -279,3 +279,29 @@ def test_observer_samples_positive_values_uniformly_and_per_channel():
     assert torch.equal(
         few.samples[0].sort().values, out[:1, :1, :4][out[:1, :1, :4] > 0].sort().values
     )
+
+
+class ChannelScaled(nn.Module):
+    """A per-channel scale (a buffer) after BatchNorm: a node bnstats cannot propagate through
+    (it only scales by constants)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.register_buffer("scale", torch.linspace(0.5, 2.0, 4).view(1, 4, 1, 1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 10 * 10, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x)) * self.scale))
+
+
+def test_auto_skips_candidates_that_cannot_model_the_network(data):
+    torch.manual_seed(0)
+    model = ChannelScaled().eval()
+    snn = convert(model, loader(data), timesteps=4, calibration="auto")
+    chosen = snn.metadata["auto_calibration"]
+    assert "bnmse" in " ".join(chosen["skipped"]) and "mul" in " ".join(chosen["skipped"].values())
+    assert "bnmse" not in chosen["chosen"] and len(chosen["agreement_with_ann"]) == 3
+    with pytest.raises(ConvertSNNError, match="auto: no candidate could calibrate"):
+        convert(model, loader(data), timesteps=4, calibration="auto:bnstats+bnmse")

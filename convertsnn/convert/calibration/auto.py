@@ -79,13 +79,17 @@ class Auto(CalibrationMethod):
             reference = self.ann.eval().to(device)(x.to(device)).argmax(1)
         neuron = next(m for m in snn.body.modules() if isinstance(m, IFNeuron))
         settings = neuron.config()
-        scores, best, best_score = {}, None, -1.0
+        scores, skipped, best, best_score = {}, {}, None, -1.0
         for method in self.candidates:
             body = copy.deepcopy(self.ann)
-            with warnings.catch_warnings():
-                # "no BatchNorm statistics, pass --calib" is moot here: auto scores it on data
-                warnings.filterwarnings("ignore", message="bnstats: the model has no BatchNorm")
-                thresholds = method.thresholds(body, self.activations, fit, device)
+            try:
+                with warnings.catch_warnings():
+                    # "no BatchNorm statistics, pass --calib" is moot: auto scores it on data
+                    warnings.filterwarnings("ignore", message="bnstats: the model has no BatchNorm")
+                    thresholds = method.thresholds(body, self.activations, fit, device)
+            except ConvertSNNError as error:  # e.g. bnstats through a layer it cannot model
+                skipped[str(method)] = str(error)
+                continue
             body = replace_activations(body, thresholds, **settings)
             candidate = SpikingNetwork(body, snn.timesteps, metadata=copy.deepcopy(snn.metadata))
             candidate.to(device)
@@ -94,6 +98,11 @@ class Auto(CalibrationMethod):
             scores[str(method)] = score
             if score > best_score:
                 best, best_score = (method, candidate), score
+        if best is None:
+            raise ConvertSNNError(
+                "auto: no candidate could calibrate this model: "
+                + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+            )
         method, chosen = best
         snn.body = chosen.body
         snn.metadata.clear()
@@ -103,6 +112,7 @@ class Auto(CalibrationMethod):
             "timesteps": snn.timesteps,
             "holdout_images": len(x),
             "agreement_with_ann": scores,
+            "skipped": skipped,
         }
 
     def __str__(self) -> str:
