@@ -204,7 +204,9 @@ def test_bnstats_needs_no_data_and_matches_the_activation_scale(data):
     assert all(t.item() > 0 for t in plain.thresholds.values())
 
 
-def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
+def test_cli_default_calibrations_follow_the_measurements(tmp_path):
+    """Without --calibration: bnmse without data (best data-free, docs/conversion.md), auto
+    with data, biascal:mse (auto's usual pick) below auto's 4 images; a given one is kept."""
     torch.manual_seed(0)
     net = create_model("resnet20")
     ann = save_ann(net, tmp_path / "r20.safetensors", "resnet20", {},
@@ -212,10 +214,17 @@ def test_cli_without_calibration_data_uses_bnstats_and_says_so(tmp_path):
     out = tmp_path / "snn.safetensors"
     result = CliRunner().invoke(main, ["convert", str(ann), "-T", "4", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "without data (bnstats: BatchNorm statistics" in result.output
+    assert "without data (bnmse: BatchNorm statistics" in result.output
     assert "--calib DATA" in result.output
-    assert out.is_file() and "calibration bnstats:3" in result.output
+    assert out.is_file() and "calibration bnmse:K=3" in result.output
     data = write_npz(tmp_path / "d.npz", n=8, shape=(32, 32, 3))
+    for images, used in (("8", "calibration auto:bnmse"), ("3", "calibration biascal:mse")):
+        result = CliRunner().invoke(
+            main, ["convert", str(ann), "--calib", str(data), "--calib-images", images, "-T",
+                   "4", "-o", str(out)]
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert used in result.output and "without data" not in result.output
     result = CliRunner().invoke(
         main, ["convert", str(ann), "--calib", str(data), "--calibration", "qcfs:L=2,epochs=0"]
     )
@@ -270,3 +279,29 @@ def test_observer_samples_positive_values_uniformly_and_per_channel():
     assert torch.equal(
         few.samples[0].sort().values, out[:1, :1, :4][out[:1, :1, :4] > 0].sort().values
     )
+
+
+class ChannelScaled(nn.Module):
+    """A per-channel scale (a buffer) after BatchNorm: a node bnstats cannot propagate through
+    (it only scales by constants)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.register_buffer("scale", torch.linspace(0.5, 2.0, 4).view(1, 4, 1, 1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 10 * 10, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x)) * self.scale))
+
+
+def test_auto_skips_candidates_that_cannot_model_the_network(data):
+    torch.manual_seed(0)
+    model = ChannelScaled().eval()
+    snn = convert(model, loader(data), timesteps=4, calibration="auto")
+    chosen = snn.metadata["auto_calibration"]
+    assert "bnmse" in " ".join(chosen["skipped"]) and "mul" in " ".join(chosen["skipped"].values())
+    assert "bnmse" not in chosen["chosen"] and len(chosen["agreement_with_ann"]) == 3
+    with pytest.raises(ConvertSNNError, match="auto: no candidate could calibrate"):
+        convert(model, loader(data), timesteps=4, calibration="auto:bnstats+bnmse")

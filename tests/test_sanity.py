@@ -65,6 +65,50 @@ def test_checks_on_a_spiking_network(tiny_resnet, images):
     assert result.ensemble.records[-1].attacked > 0
 
 
+BARS: list["RecordingBar"] = []
+
+
+class RecordingBar:
+    """Stands in for tqdm: records what a bar was told (descriptions, steps, disable)."""
+
+    def __init__(self, *args, total=None, desc="", disable=False, **kwargs) -> None:
+        self.total, self.steps, self.disable = total, 0, disable
+        self.descriptions = [desc]
+        BARS.append(self)
+
+    def set_description(self, desc: str) -> None:
+        self.descriptions.append(desc)
+
+    def update(self, n: int = 1) -> None:
+        self.steps += n
+
+    def __enter__(self) -> "RecordingBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_sanity_checks_show_progress(tiny_resnet, images, monkeypatch):
+    from convertsnn.eval import sanity
+
+    monkeypatch.setattr(sanity, "tqdm", RecordingBar)
+    BARS.clear()
+    snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+    y = snn(images).argmax(1)
+    suite = Suite("t", "", ("native",), (), False, (Stage("fgsm"),))
+    result = run_suite(suite, snn, images, y, eps=2 / 255, progress=False)
+    run_checks(snn, images, y, result, probe_samples=8, reparametrisation_samples=4)
+    (bar,) = BARS
+    assert not bar.disable and bar.steps == bar.total == 3
+    assert any("large-eps" in d for d in bar.descriptions)
+    assert any("reparametrisation" in d for d in bar.descriptions)
+    BARS.clear()
+    run_checks(snn, images, y, result, probe_samples=8, reparametrisation_samples=0,
+               progress=False)  # fmt: skip
+    assert BARS[0].disable and BARS[0].total == 2
+
+
 def test_randomised_models_need_eot(tiny_resnet, images):
     snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
     assert not check_determinism(snn, images, eot=1).raised

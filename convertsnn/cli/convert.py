@@ -15,6 +15,7 @@ from convertsnn.cli.options import (
 )
 from convertsnn.convert import convert
 from convertsnn.convert.calibration import list_calibrations
+from convertsnn.convert.calibration.auto import MIN_IMAGES as AUTO_MIN_IMAGES
 from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, load_ann, source_stem
@@ -22,7 +23,20 @@ from convertsnn.snn.network import check_timesteps
 from convertsnn.snn.serialize import check_writable, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
 
-NO_DATA_CALIBRATION = "bnstats"
+# the defaults follow the measurements (docs/conversion.md, "Deep ResNets without training"):
+# with data, model selection over bnmse, mse, channelwise and biascal:mse (best or level with
+# the best at every T measured); below auto's minimum, its usual pick; without data, bnmse
+DATA_CALIBRATION = "auto"
+FEW_IMAGES_CALIBRATION = "biascal:mse"
+NO_DATA_CALIBRATION = "bnmse"
+
+
+def default_calibration(images: int | None) -> str:
+    """The calibration used when ``--calibration`` is not given, for ``images`` calibration
+    images (None: no data)."""
+    if images is None:
+        return NO_DATA_CALIBRATION
+    return DATA_CALIBRATION if images >= AUTO_MIN_IMAGES else FEW_IMAGES_CALIBRATION
 
 
 def _preprocessing(
@@ -57,7 +71,8 @@ def _preprocessing(
 @click.option(
     "--calibration",
     help=f"Threshold method: {', '.join(list_calibrations())} (NAME or NAME:ARG) "
-    "[default: percentile:99.99 with --calib, bnstats (data-free) without].",
+    f"[default: {DATA_CALIBRATION} with --calib ({FEW_IMAGES_CALIBRATION} below "
+    f"{AUTO_MIN_IMAGES} images), {NO_DATA_CALIBRATION} (data-free) without].",
 )
 @click.option("--neuron", type=click.Choice(["if", "lif"]), default="if", show_default=True)
 @click.option("--leak", default=1.0, show_default=True, type=float, help="Membrane leak for LIF.")
@@ -124,7 +139,7 @@ def command(
     ann.preprocessing.check()  # mean/std against the channels now known
     data_free_note = calibration is None and not loader
     if calibration is None:
-        calibration = "percentile:99.99" if loader else NO_DATA_CALIBRATION
+        calibration = default_calibration(len(loader.dataset) if loader else None)
     metadata = ann.metadata()
     metadata["calibration_data"] = (
         {"spec": calib_data, "images": len(loader.dataset)} if loader else None
@@ -138,9 +153,9 @@ def command(
     if data_free_note:
         click.echo(
             f"no --calib data: thresholds estimated without data ({calibration}: BatchNorm "
-            "statistics propagated through the weights); for higher accuracy pass --calib "
-            "DATA (a few hundred training images) and, at T <= 16, --calibration mse or "
-            "biascal:mse (see docs/conversion.md)"
+            "statistics propagated through the weights, searched for T); for higher accuracy "
+            f"pass --calib DATA (a few hundred training images; default calibration "
+            f"{DATA_CALIBRATION}, see docs/conversion.md)"
         )
     click.echo(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "

@@ -201,7 +201,7 @@ def evaluate_robustness(
                                    state=slot, progress=progress, more_steps=sanity)  # fmt: skip
                 if sanity:
                     result.flags = run_checks(model, x, y, result, eot, probe_samples,
-                                              batch_size, seed)  # fmt: skip
+                                              batch_size, seed, progress=progress)  # fmt: skip
                 row.robust[key] = result.robust
                 row.details[key] = result.summary()
                 final = margins(model, result.ensemble.x_adv, y, eot, batch_size)

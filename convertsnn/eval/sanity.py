@@ -28,6 +28,7 @@ from itertools import pairwise
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from convertsnn.attacks import ATTACKS
 from convertsnn.attacks.ensemble import Run, WorstCase, expected_correct
@@ -142,11 +143,14 @@ def check_large_eps(
     eot: int = 1,
     batch_size: int = 256,
     seed: int = 0,
+    progress: bool = False,
 ) -> Flag:
     """White-box PGD-20 in ``modes`` (per-sample worst case) at :func:`large_eps` on ``x``."""
     radius = large_eps(eps, norm)
     runs = [Run.of("pgd", m, steps=20) for m in modes]
-    result = WorstCase(model, radius, norm, eot, batch_size, seed, progress=False).run(x, y, runs)
+    result = WorstCase(model, radius, norm, eot, batch_size, seed, progress=progress).run(
+        x, y, runs
+    )
     correct = result.correct.mean().item()
     text = f"white-box accuracy at eps={radius:.4g}: {100 * correct:.1f}% of {len(x)} samples"
     if correct > LARGE_EPS_ACCURACY:
@@ -176,6 +180,7 @@ def check_reparametrisation(
     batch_size: int = 256,
     seed: int = 0,
     factors: tuple[float, ...] = RESCALE_FACTORS,
+    progress: bool = False,
 ) -> Flag:
     """Re-attack ``x`` (a sample of correct images) with FGSM in every white-box mode of
     ``result`` and PGD-20 (step eps/4) in its best mode, on the model as it is, with every
@@ -194,7 +199,7 @@ def check_reparametrisation(
 
     def attack() -> dict[str, tuple[float, float]]:
         """Per run (and their worst case): robust accuracy and share of all-zero gradients."""
-        worst = WorstCase(model, result.eps, result.norm, eot, batch_size, seed, progress=False)
+        worst = WorstCase(model, result.eps, result.norm, eot, batch_size, seed, progress=progress)
         outcome = worst.run(x, y, runs)
         out = {"ensemble": (outcome.robust, 0.0)}
         for run, record in zip(runs, outcome.records, strict=True):
@@ -252,27 +257,42 @@ def run_checks(
     batch_size: int = 256,
     seed: int = 0,
     reparametrisation_samples: int = 32,
+    progress: bool = True,
 ) -> list[Flag]:
-    """All per-result checks for a SuiteResult (whose run already holds the more-steps run)."""
+    """All per-result checks for a SuiteResult (whose run already holds the more-steps run).
+
+    ``progress``: a bar over the checks (named as they run) and the attack bars of the ones
+    that attack (large-eps, reparametrisation)."""
     from convertsnn.eval.suites import best_mode
 
     white = [r.mode for r in result.runs if not ATTACKS[r.attack].blackbox]
     records = result.ensemble.records
-    flags = [check_determinism(model, x[:probe_samples], eot)]
-    flags.append(check_gradients(records))
-    flags.append(check_blackbox(records, len(x)))
-    flags.append(check_more_queries(records, len(x)))
-    flags.append(check_more_steps(records, len(x)))
     clean = expected_correct(model, x, y, eot, batch_size)
     probe = (clean > 0).nonzero().squeeze(1)
-    if white and len(probe):
-        best = best_mode(records, result.ranking, result.runs)
-        modes = list(dict.fromkeys([best, white[0], *(["ann"] if "ann" in white else [])]))
-        idx = probe[:probe_samples]
-        flags.append(check_large_eps(model, x[idx], y[idx], modes, result.eps, result.norm,
-                                     eot, batch_size, seed))  # fmt: skip
-        if reparametrisation_samples:
-            idx = probe[:reparametrisation_samples]
-            flags.append(check_reparametrisation(model, x[idx], y[idx], result, eot,
-                                                 batch_size, seed))  # fmt: skip
+    attacking = bool(white and len(probe))
+    checks = 1 + attacking * (1 + bool(reparametrisation_samples))
+    with tqdm(total=checks, desc="sanity", leave=False, disable=not progress) as bar:
+        bar.set_description("sanity: determinism, gradients, black-box, more steps/queries")
+        flags = [check_determinism(model, x[:probe_samples], eot)]
+        flags.append(check_gradients(records))
+        flags.append(check_blackbox(records, len(x)))
+        flags.append(check_more_queries(records, len(x)))
+        flags.append(check_more_steps(records, len(x)))
+        bar.update()
+        if attacking:
+            best = best_mode(records, result.ranking, result.runs)
+            modes = list(dict.fromkeys([best, white[0], *(["ann"] if "ann" in white else [])]))
+            idx = probe[:probe_samples]
+            bar.set_description(f"sanity: large-eps ({len(modes)} PGD-20 runs)")
+            flags.append(check_large_eps(model, x[idx], y[idx], modes, result.eps, result.norm,
+                                         eot, batch_size, seed, progress))  # fmt: skip
+            bar.update()
+            if reparametrisation_samples:
+                idx = probe[:reparametrisation_samples]
+                bar.set_description(
+                    f"sanity: reparametrisation (as written + {1 + len(RESCALE_FACTORS)} rescaled)"
+                )
+                flags.append(check_reparametrisation(model, x[idx], y[idx], result, eot,
+                                                     batch_size, seed, progress=progress))  # fmt: skip
+                bar.update()
     return flags

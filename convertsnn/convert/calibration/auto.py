@@ -17,6 +17,7 @@ Spec: ``auto[:CANDIDATE+CANDIDATE+...]``, default ``auto:bnmse+mse+channelwise+b
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import fx
@@ -33,6 +34,7 @@ from convertsnn.snn.neurons import IFNeuron
 
 DEFAULT_CANDIDATES = "bnmse+mse+channelwise+biascal:mse"
 MAX_HOLDOUT = 256
+MIN_IMAGES = 4  # a held-out quarter of at least one image
 
 
 @register_calibration
@@ -77,10 +79,17 @@ class Auto(CalibrationMethod):
             reference = self.ann.eval().to(device)(x.to(device)).argmax(1)
         neuron = next(m for m in snn.body.modules() if isinstance(m, IFNeuron))
         settings = neuron.config()
-        scores, best, best_score = {}, None, -1.0
+        scores, skipped, best, best_score = {}, {}, None, -1.0
         for method in self.candidates:
             body = copy.deepcopy(self.ann)
-            thresholds = method.thresholds(body, self.activations, fit, device)
+            try:
+                with warnings.catch_warnings():
+                    # "no BatchNorm statistics, pass --calib" is moot: auto scores it on data
+                    warnings.filterwarnings("ignore", message="bnstats: the model has no BatchNorm")
+                    thresholds = method.thresholds(body, self.activations, fit, device)
+            except ConvertSNNError as error:  # e.g. bnstats through a layer it cannot model
+                skipped[str(method)] = str(error)
+                continue
             body = replace_activations(body, thresholds, **settings)
             candidate = SpikingNetwork(body, snn.timesteps, metadata=copy.deepcopy(snn.metadata))
             candidate.to(device)
@@ -89,6 +98,11 @@ class Auto(CalibrationMethod):
             scores[str(method)] = score
             if score > best_score:
                 best, best_score = (method, candidate), score
+        if best is None:
+            raise ConvertSNNError(
+                "auto: no candidate could calibrate this model: "
+                + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+            )
         method, chosen = best
         snn.body = chosen.body
         snn.metadata.clear()
@@ -98,6 +112,7 @@ class Auto(CalibrationMethod):
             "timesteps": snn.timesteps,
             "holdout_images": len(x),
             "agreement_with_ann": scores,
+            "skipped": skipped,
         }
 
     def __str__(self) -> str:
@@ -112,8 +127,11 @@ def split_batches(loader: DataLoader | None) -> tuple[list, list]:
     labels = [y for _, y in loader]
     x, y = torch.cat(images), torch.cat(labels)
     held = min(MAX_HOLDOUT, len(x) // 4)
-    if held < 1 or len(x) - held < 1:
-        raise ConvertSNNError(f"auto calibration needs at least 2 calibration images, got {len(x)}")
+    if len(x) < MIN_IMAGES:
+        raise ConvertSNNError(
+            f"auto calibration needs at least {MIN_IMAGES} calibration images (a quarter is "
+            f"held out to score the candidates), got {len(x)}"
+        )
     size = len(images[0])
     fit = [(x[i : i + size], y[i : i + size]) for i in range(0, len(x) - held, size)]
     return fit, [(x[len(x) - held :], y[len(x) - held :])]
