@@ -41,7 +41,7 @@ from convertsnn.snn.serialize import check_writable, save_snn
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_MODEL = ASSETS / "mnist_cnn_pgd.safetensors"
 DEMO_DATA = ASSETS / "mnist_sample.npz"
-SUITE_IMAGES = 200
+SUITE_IMAGES = 100
 
 
 @click.command("demo")
@@ -114,7 +114,7 @@ def command(
             snn, x, y, [suite_timesteps], [radius], "quick", sanity=False
         )
         click.echo(
-            f"\nquick suite (FGSM in 6 gradient modes, PGD-20 in 2 sharp modes, Square-100; "
+            f"\nquick suite (FGSM in 6 gradient modes, PGD-20 in 2 sharp modes, Square-1000; "
             f"per-sample worst case) on the first {suite_images} of these images:"
         )
         click.echo(rows_table(suite_rows, "quick"))
