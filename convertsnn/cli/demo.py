@@ -34,6 +34,7 @@ from convertsnn.eval.robustness import (
     evaluate_over_timesteps,
     evaluate_robustness,
 )
+from convertsnn.eval.suites import QUICK
 from convertsnn.importers import load_ann
 from convertsnn.snn.network import check_timesteps
 from convertsnn.snn.serialize import check_writable, save_snn
@@ -114,8 +115,8 @@ def command(
             snn, x, y, [suite_timesteps], [radius], "quick", sanity=False
         )
         click.echo(
-            f"\nquick suite (FGSM in 6 gradient modes, PGD-20 in 2 sharp modes, Square-1000; "
-            f"per-sample worst case) on the first {suite_images} of these images:"
+            f"\nquick suite, per-sample worst case, on the first {suite_images} of these images: "
+            f"{QUICK.description}"
         )
         click.echo(rows_table(suite_rows, "quick"))
         click.echo(suite_verdict(rows, suite_rows, radius))
