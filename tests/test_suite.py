@@ -12,6 +12,7 @@ from convertsnn.attacks.ensemble import Run, WorstCase
 from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import (
     FULL,
@@ -25,6 +26,7 @@ from convertsnn.eval.suites import (
     prepare_runs,
     run_suite,
 )
+from convertsnn.snn.encoding import parse_encoder
 from tests.conftest import write_npz
 
 
@@ -43,7 +45,7 @@ def test_worst_case_is_per_sample_and_only_survivors_go_on(images):
     y = model(images).argmax(1)
     y[:4] = (y[:4] + 1) % 10  # four samples are wrong from the start
     runs = [Run.of("fgsm"), Run.of("pgd", steps=10), Run.of("square", queries=50)]
-    result = WorstCase(model, 4 / 255, progress=False).run(images, y, runs)
+    result = WorstCase(model, EvalSettings(4 / 255, progress=False)).run(images, y, runs)
     fgsm, pgd, square = result.records
     assert fgsm.attacked == len(images) - 4
     assert pgd.attacked == fgsm.attacked - fgsm.lowered
@@ -59,7 +61,8 @@ def test_resume_gives_the_same_numbers(images, tmp_path):
     model = linear_model()
     y = model(images).argmax(1)
     runs = [Run.of("pgd", steps=3), Run.of("apgd-ce", steps=5)]
-    full = WorstCase(model, 2 / 255, batch_size=8, seed=3, progress=False).run(images, y, runs)
+    settings = EvalSettings(2 / 255, batch_size=8, seed=3, progress=False)
+    full = WorstCase(model, settings).run(images, y, runs)
 
     saved = []
 
@@ -72,11 +75,8 @@ def test_resume_gives_the_same_numbers(images, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        WorstCase(model, 2 / 255, batch_size=8, seed=3, checkpoint=checkpoint,
-                  progress=False).run(images, y, runs)  # fmt: skip
-    resumed = WorstCase(model, 2 / 255, batch_size=8, seed=3, progress=False).run(
-        images, y, runs, resume=saved[-1]
-    )
+        WorstCase(model, settings, checkpoint=checkpoint).run(images, y, runs)
+    resumed = WorstCase(model, settings).run(images, y, runs, resume=saved[-1])
     assert torch.equal(resumed.correct, full.correct)
     assert [r.lowered for r in resumed.records] == [r.lowered for r in full.records]
 
@@ -86,8 +86,9 @@ def test_state_directory_round_trip_and_settings_check(images, tmp_path):
     y = model(images).argmax(1)
     suite = Suite("t", "", ("native",), (), False, (Stage("pgd", {"steps": 2}),))
     state = StateDir(tmp_path / "state", {"eps": 0.01})
-    first = run_suite(suite, model, images, y, 0.01, state=state.slot("a", 0), progress=False)
-    again = run_suite(suite, model, images, y, 0.01, state=state.slot("a", 0), progress=False)
+    settings = EvalSettings(0.01, progress=False)
+    first = run_suite(suite, model, images, y, settings, state=state.slot("a", 0))
+    again = run_suite(suite, model, images, y, settings, state=state.slot("a", 0))
     assert torch.equal(first.ensemble.correct, again.ensemble.correct)
     assert again.ensemble.records[0].seconds == first.ensemble.records[0].seconds  # not rerun
     with pytest.raises(ConvertSNNError, match="other settings"):
@@ -112,7 +113,7 @@ def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
     y = snn(images).argmax(1)
     modes = candidate_modes(STANDARD, snn)
     assert modes[0] == "bptt:triangle:1" and sum(m.startswith("adaptive") for m in modes) == 3
-    runs, ranking = prepare_runs(STANDARD, snn, images, y, 8 / 255, probe_samples=8)
+    runs, ranking = prepare_runs(STANDARD, snn, images, y, EvalSettings(probe_samples=8))
     assert len(ranking) == len(modes)
     assert [(s.broken, s.loss) for s in ranking] == sorted(
         [(s.broken, s.loss) for s in ranking], reverse=True
@@ -128,7 +129,7 @@ def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
 def test_suites_on_a_plain_classifier_use_its_own_gradient(images):
     model = linear_model()
     y = model(images).argmax(1)
-    runs, _ = prepare_runs(STANDARD, model, images, y, 8 / 255)
+    runs, _ = prepare_runs(STANDARD, model, images, y, EvalSettings())
     assert {r.mode for r in runs} == {"native"}
     assert "transfer" not in {r.attack for r in runs}
 
@@ -219,3 +220,21 @@ def test_cli_clean_only_report(snn_file, data, tmp_path):
     result = evaluate(snn_file, "--data", data, "--report", tmp_path / "rep")
     assert result.exit_code == 0, result.output
     assert "clean accuracy only" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"eps": -1}, "eps must be >= 0"), ({"norm": "l3"}, "unknown norm"),
+     ({"eot": 0}, "at least 1"), ({"probe_samples": -1}, "must be >= 0"),
+     ({"autoattack": "plus"}, "unknown AutoAttack version")],
+)  # fmt: skip
+def test_eval_settings_refuse_bad_values_in_one_line(bad, message):
+    with pytest.raises(ConvertSNNError, match=message) as err:
+        EvalSettings(**bad)
+    assert "\n" not in str(err.value)
+
+
+def test_default_eot_follows_the_encoder(snn):
+    assert default_eot(snn) == 1 and default_eot(linear_model()) == 1
+    snn.encoder = parse_encoder("poisson")
+    assert default_eot(snn) == 20

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from convertsnn.attacks import build_attack
 from convertsnn.attacks.base import Attack, GradientStats
+from convertsnn.eval.settings import EvalSettings
 
 _SHORT = {"steps": "", "queries": "", "targets": "x", "restarts": "r"}
 
@@ -60,8 +61,9 @@ class Run:
         name = f"{self.attack}{parts}" + (f"({extra})" if extra else "")
         return name if self.mode == "native" else f"{name} [{self.mode}]"
 
-    def build(self, model: nn.Module, eps: float, norm: str, eot: int) -> Attack:
-        return build_attack(self.attack, model, eps, norm, eot, self.mode, **dict(self.params))
+    def build(self, model: nn.Module, settings: EvalSettings) -> Attack:
+        return build_attack(self.attack, model, settings.eps, settings.norm, settings.eot,
+                            self.mode, **dict(self.params))  # fmt: skip
 
 
 @dataclass
@@ -161,28 +163,19 @@ class WorstCase:
 
     Args:
         model: the model under attack (an SNN in its own forward mode, or any classifier).
-        eps, norm: the threat model.
-        eot: draws per gradient and per correctness estimate (1 for deterministic models).
-        batch_size: samples per attack call.
-        seed: base seed; each (run, batch) is seeded from it.
+        settings: the threat model (``eps``, ``norm``), ``eot`` draws per gradient and per
+            correctness estimate, ``batch_size`` samples per attack call, the base ``seed``
+            (each (run, batch) is seeded from it) and ``progress`` (a progress bar).
         checkpoint: called with the state dict after every batch (see :meth:`run`).
-        progress: show a progress bar.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        eps: float,
-        norm: str = "linf",
-        eot: int = 1,
-        batch_size: int = 256,
-        seed: int = 0,
+        settings: EvalSettings,
         checkpoint: Callable[[dict], None] | None = None,
-        progress: bool = True,
     ) -> None:
-        self.model, self.eps, self.norm, self.eot = model, float(eps), norm, int(eot)
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.checkpoint, self.progress = checkpoint, progress
+        self.model, self.settings, self.checkpoint = model, settings, checkpoint
         self.state: dict | None = None  # the last run's state, to continue it with more runs
 
     def run(
@@ -197,11 +190,12 @@ class WorstCase:
             self.model.train(was_training)
 
     def _run(self, x, y, runs: list[Run], resume: dict | None) -> EnsembleResult:
+        settings = self.settings
         if resume is not None:
             state = resume
             records = [RunRecord(**r) for r in state["records"]]
         else:
-            correct = expected_correct(self.model, x, y, self.eot, self.batch_size)
+            correct = expected_correct(self.model, x, y, settings.eot, settings.batch_size)
             state = {"run": 0, "batch": 0, "pending": None, "correct": correct,
                      "clean": float(correct.mean()), "x_adv": x.clone(),
                      "breaker": torch.full((len(x),), -1, dtype=torch.long, device=x.device)}  # fmt: skip
@@ -218,7 +212,7 @@ class WorstCase:
             state["groups"] = fresh
         groups = state["groups"]
         bar = tqdm(total=len(runs), initial=state["run"], desc="attacks", leave=False,
-                   disable=not self.progress)  # fmt: skip
+                   disable=not settings.progress)  # fmt: skip
         for r in range(state["run"], len(runs)):
             spec = runs[r]
             own = groups[names.index(spec.group)]
@@ -227,18 +221,19 @@ class WorstCase:
                 state["batch"] = 0
                 records.append(RunRecord(spec.label, spec.attack, spec.mode, False))
             record, pending = records[r], state["pending"]
-            attack = spec.build(self.model, self.eps, self.norm, self.eot)
+            attack = spec.build(self.model, settings)
             record.blackbox = attack.blackbox
             bar.set_description(spec.label)
-            for b, start in enumerate(range(0, len(pending), self.batch_size)):
+            for b, start in enumerate(range(0, len(pending), settings.batch_size)):
                 if b < state["batch"]:
                     continue
                 started = time.perf_counter()
-                idx = pending[start : start + self.batch_size]
-                torch.manual_seed(batch_seed(self.seed, r, b))
+                idx = pending[start : start + settings.batch_size]
+                torch.manual_seed(batch_seed(settings.seed, r, b))
                 attack.grad_stats = GradientStats()
                 candidate = attack(x[idx], y[idx])
-                p = expected_correct(self.model, candidate, y[idx], self.eot, self.batch_size)
+                p = expected_correct(self.model, candidate, y[idx], settings.eot,
+                                     settings.batch_size)  # fmt: skip
                 own[idx] = torch.minimum(own[idx], p)
                 lower = p < correct[idx]
                 correct[idx[lower]] = p[lower]
