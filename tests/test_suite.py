@@ -78,7 +78,61 @@ def test_resume_gives_the_same_numbers(images, tmp_path):
         WorstCase(model, settings, checkpoint=checkpoint).run(images, y, runs)
     resumed = WorstCase(model, settings).run(images, y, runs, resume=saved[-1])
     assert torch.equal(resumed.correct, full.correct)
+    cost = [(r.forward, r.backward) for r in full.records]
     assert [r.lowered for r in resumed.records] == [r.lowered for r in full.records]
+    assert [(r.forward, r.backward) for r in resumed.records] == cost and cost[0][0] > 0
+
+
+def test_runs_count_their_image_passes_and_time(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    runs = [Run.of("pgd", steps=20), Run.of("fgsm")]
+    settings = EvalSettings(0.5 / 255, batch_size=12, progress=False)
+    pgd, fgsm = WorstCase(model, settings).run(images, y, runs).records
+    # per image: 20 steps (forward + backward), PGD's final check, the ensemble's check
+    assert (pgd.forward, pgd.backward) == (22 * len(images), 20 * len(images))
+    assert (fgsm.forward, fgsm.backward) == (2 * fgsm.attacked, fgsm.attacked)
+    assert fgsm.attacked > 0 and pgd.seconds > 0
+    assert pgd.breaks_per_second == pgd.lowered / pgd.seconds
+
+
+def test_passes_of_the_ann_proxy_and_of_a_transfer_source_count_once(snn, images):
+    y = snn(images).argmax(1)
+    runs = [Run.of("transfer", steps=3), Run.of("fgsm", "ann")]
+    transfer, fgsm = (
+        WorstCase(snn, EvalSettings(0.5 / 255, progress=False)).run(images, y, runs).records
+    )
+    # APGD-3 on the source ANN (the SNN in ann mode: one pass, not two): 4 gradients, the check
+    assert (transfer.forward, transfer.backward) == (5 * len(images), 4 * len(images))
+    # ann mode: the proxy's forward + backward, the SNN's own forward for the loss, the check
+    assert fgsm.attacked > 0
+    assert (fgsm.forward, fgsm.backward) == (3 * fgsm.attacked, fgsm.attacked)
+
+
+def test_suite_cost_is_a_ratio_to_one_pgd20_run(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    suite = Suite("t", "", ("native",), (), False, (Stage("pgd", {"steps": 20}),), more_steps=0)
+    result = run_suite(suite, model, images, y, EvalSettings(0.5 / 255, progress=False))
+    summary = result.summary()
+    assert summary["cost"]["pgd20_passes"] == 41 * len(images)
+    assert summary["cost"]["pgd20_ratio"] == 42 / 41  # PGD-20's own passes plus the check
+    assert summary["runs"][0]["breaks_per_second"] == result.ensemble.records[0].breaks_per_second
+
+
+def test_probe_passes_count_and_survive_a_resume(snn, images, tmp_path):
+    y = snn(images).argmax(1)
+    suite = Suite("t", "", ("native", "bptr"), (), True, (Stage("fgsm", modes="top:1"),),
+                  more_steps=0)  # fmt: skip
+    state = StateDir(tmp_path / "state", {})
+    settings = EvalSettings(2 / 255, probe_samples=8, progress=False)
+    first = run_suite(suite, snn, images, y, settings, state=state.slot("a", 0))
+    again = run_suite(suite, snn, images, y, settings, state=state.slot("a", 0))
+    # the probe: the clean check of all images, then in 2 modes on 8 images PGD-10 (10 steps,
+    # its final check) and the probe's look at the logits
+    assert first.probe_passes.forward == len(images) + 2 * 8 * 12
+    assert first.probe_passes.backward == 2 * 8 * 10
+    assert again.summary()["cost"] == first.summary()["cost"]
 
 
 def test_state_directory_round_trip_and_settings_check(images, tmp_path):
@@ -167,7 +221,11 @@ def test_cli_quick_suite_with_report_and_resume(snn_file, data, tmp_path):
     assert "## SNN T=4" in (report / "report.md").read_text()
     again = evaluate(*args)
     assert again.exit_code == 0, again.output
-    assert json.loads(out.read_text())["rows"][2]["robust"] == snn4["robust"]
+    resumed = json.loads(out.read_text())["rows"][2]
+    assert resumed["robust"] == snn4["robust"]
+    assert resumed["details"][f"{4 / 255:.6g}"]["cost"] == detail["cost"]
+    assert detail["cost"]["pgd20_ratio"] > 0 and "cost:" in result.output
+    assert {"seconds", "breaks_per_second", "forward", "backward"} <= set(detail["runs"][0])
     changed = evaluate(*args[:-2], "--resume", state, "--seed", "1")
     assert changed.exit_code != 0 and "other settings" in changed.output
 

@@ -157,6 +157,11 @@ class Attack:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def costed_models(self) -> tuple[nn.Module, ...]:
+        """The models this attack runs: their passes are its cost (see
+        :mod:`convertsnn.attacks.passes`)."""
+        return (self.model,)
+
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Project onto the eps-ball around ``x`` and the image box [0, 1]."""
         delta = x_adv - x

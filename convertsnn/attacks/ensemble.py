@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from convertsnn.attacks import build_attack
 from convertsnn.attacks.base import Attack, GradientStats
+from convertsnn.attacks.passes import PassCount, counting_passes
 from convertsnn.eval.settings import EvalSettings
 
 _SHORT = {"steps": "", "queries": "", "targets": "x", "restarts": "r"}
@@ -68,7 +69,9 @@ class Run:
 
 @dataclass
 class RunRecord:
-    """What one run did: samples attacked, samples it lowered, robust accuracy after it."""
+    """What one run did: samples attacked, samples it lowered, robust accuracy after it, and
+    what it cost: wall ``seconds`` and image-passes of the model (``forward``, ``backward``,
+    see :mod:`convertsnn.attacks.passes`; the correctness checks of its points included)."""
 
     label: str
     attack: str
@@ -80,6 +83,13 @@ class RunRecord:
     seconds: float = 0.0
     gradients: dict = field(default_factory=dict)
     note: str = ""  # e.g. "more-steps check" for a run a sanity check added
+    forward: int = 0
+    backward: int = 0
+
+    @property
+    def breaks_per_second(self) -> float:
+        """Samples lowered per wall second (0 for a run that took no time)."""
+        return self.lowered / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -97,11 +107,18 @@ class EnsembleResult:
     groups: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        out = {"clean": self.clean, "robust": self.robust,
-               "runs": [asdict(r) for r in self.records]}  # fmt: skip
+        runs = [{**asdict(r), "breaks_per_second": r.breaks_per_second} for r in self.records]
+        out = {"clean": self.clean, "robust": self.robust, "runs": runs}
         if len(self.groups) > 1:
             out["groups"] = {g: float(c.mean()) for g, c in self.groups.items()}
         return out
+
+    def passes(self) -> PassCount:
+        """Image-passes of all runs together."""
+        total = PassCount()
+        for record in self.records:
+            total.add(PassCount(record.forward, record.backward))
+        return total
 
     def samples(self, margins: torch.Tensor) -> list[dict]:
         """Per image: whether it survives, the label of the run that broke it, its margin
@@ -231,9 +248,10 @@ class WorstCase:
                 idx = pending[start : start + settings.batch_size]
                 torch.manual_seed(batch_seed(settings.seed, r, b))
                 attack.grad_stats = GradientStats()
-                candidate = attack(x[idx], y[idx])
-                p = expected_correct(self.model, candidate, y[idx], settings.eot,
-                                     settings.batch_size)  # fmt: skip
+                with counting_passes(self.model, *attack.costed_models()) as passes:
+                    candidate = attack(x[idx], y[idx])
+                    p = expected_correct(self.model, candidate, y[idx], settings.eot,
+                                         settings.batch_size)  # fmt: skip
                 own[idx] = torch.minimum(own[idx], p)
                 lower = p < correct[idx]
                 correct[idx[lower]] = p[lower]
@@ -242,6 +260,8 @@ class WorstCase:
                 record.attacked += len(idx)
                 record.lowered += int(lower.sum())
                 record.seconds += time.perf_counter() - started
+                record.forward += passes.forward
+                record.backward += passes.backward
                 _add_stats(record, attack)
                 state["batch"] = b + 1
                 record.robust_after = float(correct.mean())

@@ -18,7 +18,14 @@ from convertsnn.cli.options import (
 )
 from convertsnn.data import check_dataset_fits, load_dataset
 from convertsnn.errors import ConvertSNNError
-from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
+from convertsnn.eval.report import (
+    cost_text,
+    flags_text,
+    markdown_report,
+    rows_table,
+    runs_table,
+    write_json,
+)
 from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.state import StateDir
@@ -280,6 +287,7 @@ def command(
         for key, detail in row.details.items():
             click.echo(f"\n{row.model}, eps={float(key):.4g}: robust {100 * detail['robust']:.2f}%")
             click.echo(runs_table(detail, per_run=False))
+            click.echo(f"cost: {cost_text(detail)}")
             if "groups" in detail:
                 click.echo("per family: " + ", ".join(
                     f"{name} {100 * value:.2f}%" for name, value in detail["groups"].items()))  # fmt: skip

@@ -15,7 +15,7 @@ to the model's own gradient and the transfer attack is skipped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from convertsnn.attacks import ATTACKS
 from convertsnn.attacks.base import dlr_loss
 from convertsnn.attacks.ensemble import EnsembleResult, Run, WorstCase, batch_seed, expected_correct
 from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES, parse_gradient_mode
+from convertsnn.attacks.passes import PassCount, counting_passes, pgd20_passes
 from convertsnn.attacks.pgd import PGD
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.settings import EvalSettings
@@ -295,7 +296,9 @@ def more_steps_run(suite: Suite, runs: list[Run], mode: str) -> Run:
 
 @dataclass
 class SuiteResult:
-    """A suite's outcome at one eps: the ensemble result, the probe ranking, flags, timing."""
+    """A suite's outcome at one eps: the ensemble result, the probe ranking, flags, timing, and
+    the image-passes of the probe (``probe_passes``; the runs' are in their records) with the
+    ``eot`` draws they were made with."""
 
     suite: str
     eps: float
@@ -305,10 +308,23 @@ class SuiteResult:
     runs: list[Run]
     seconds: float
     flags: list = field(default_factory=list)
+    probe_passes: PassCount = field(default_factory=PassCount)
+    eot: int = 1
 
     @property
     def robust(self) -> float:
         return self.ensemble.robust
+
+    def cost(self) -> dict:
+        """Image-passes of the probe and all runs, and their ratio to one PGD-20 run on the
+        same images with the same EOT draws (:func:`~convertsnn.attacks.passes.pgd20_passes`)."""
+        runs = self.ensemble.passes()
+        total = PassCount(runs.forward + self.probe_passes.forward,
+                          runs.backward + self.probe_passes.backward)  # fmt: skip
+        reference = pgd20_passes(len(self.ensemble.correct), self.eot)
+        return {"forward": total.forward, "backward": total.backward,
+                "probe": asdict(self.probe_passes), "pgd20_passes": reference,
+                "pgd20_ratio": total.total / reference if reference else 0.0}  # fmt: skip
 
     def summary(self) -> dict:
         return {
@@ -318,6 +334,7 @@ class SuiteResult:
             **self.ensemble.summary(),
             "probe": [vars(s) for s in self.ranking],
             "seconds": self.seconds,
+            "cost": self.cost(),
             "flags": [vars(f) for f in self.flags],
         }
 
@@ -374,11 +391,14 @@ def run_suite(
                     r.get("group", "")) for r in saved["runs"]]  # fmt: skip
         ranking = [ModeScore(**s) for s in saved["ranking"]]
         extra = saved.get("more_steps", False)
+        probe_passes = PassCount(**saved.get("probe_passes", {}))
     else:
         check_suite(suite, model, x)
-        runs, ranking = prepare_runs(suite, model, x, y, settings)
+        with counting_passes(model) as probe_passes:
+            runs, ranking = prepare_runs(suite, model, x, y, settings)
         extra = False
-    meta = {"runs": [], "ranking": [vars(s) for s in ranking], "more_steps": extra}
+    meta = {"runs": [], "ranking": [vars(s) for s in ranking], "more_steps": extra,
+            "probe_passes": asdict(probe_passes)}  # fmt: skip
 
     def checkpoint(progress_state: dict) -> None:
         state.save(progress_state, meta)
@@ -400,4 +420,5 @@ def run_suite(
     if extra:
         result.records[-1].note = "more-steps check"
     return SuiteResult(suite.name, settings.eps, settings.norm, result, ranking, runs,
-                       time.perf_counter() - start)  # fmt: skip
+                       time.perf_counter() - start, probe_passes=probe_passes,
+                       eot=settings.eot)  # fmt: skip
