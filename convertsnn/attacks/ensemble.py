@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convertsnn.attacks import build_attack
-from convertsnn.attacks.base import Attack, GradientStats
+from convertsnn.attacks.base import Attack, GradientStats, margin
 from convertsnn.attacks.passes import PassCount, counting_passes
 from convertsnn.eval.settings import EvalSettings
 
@@ -164,9 +164,7 @@ def margins(
     """``z_y - max_{j != y} z_j`` of the EOT-mean logits per sample, ``[N]`` (< 0: broken)."""
 
     def score(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        logits = sum(model(xb) for _ in range(draws)) / draws
-        true = logits.gather(1, yb[:, None]).squeeze(1)
-        return true - logits.scatter(1, yb[:, None], float("-inf")).max(dim=1).values
+        return margin(sum(model(xb) for _ in range(draws)) / draws, yb)
 
     return per_sample(score, x, y, batch_size)
 
