@@ -170,7 +170,8 @@ def evaluate_robustness(
     draws) says how to attack and count: with ``eot`` > 1 accuracy is an expectation over
     draws; ``sanity`` runs :mod:`convertsnn.eval.sanity` on every result; ``autoattack``
     (``"standard"`` or ``"rand"``) adds the pyautoattack cross-check in ``autoattack_mode``.
-    ``state`` (a :class:`~convertsnn.eval.state.StateDir`) makes the run resumable. ``row.details[eps]`` holds the suite summary (with one entry per image under
+    ``state`` (a :class:`~convertsnn.eval.state.StateDir`) makes the run resumable.
+    ``row.details[eps]`` holds the suite summary (with its cost and one entry per image under
     ``samples``: survives, the run that broke it, its final margin), flags and cross-checks;
     a dict passed as ``adversarial`` receives the worst point found per image under
     ``"{row} eps={eps}"`` (on the CPU).

@@ -318,9 +318,8 @@ class SuiteResult:
     def cost(self) -> dict:
         """Image-passes of the probe and all runs, and their ratio to one PGD-20 run on the
         same images with the same EOT draws (:func:`~convertsnn.attacks.passes.pgd20_passes`)."""
-        runs = self.ensemble.passes()
-        total = PassCount(runs.forward + self.probe_passes.forward,
-                          runs.backward + self.probe_passes.backward)  # fmt: skip
+        total = self.ensemble.passes()
+        total.add(self.probe_passes)
         reference = pgd20_passes(len(self.ensemble.correct), self.eot)
         return {"forward": total.forward, "backward": total.backward,
                 "probe": asdict(self.probe_passes), "pgd20_passes": reference,
