@@ -246,7 +246,7 @@ class WorstCase:
                 idx = pending[start : start + settings.batch_size]
                 torch.manual_seed(batch_seed(settings.seed, r, b))
                 attack.grad_stats = GradientStats()
-                with counting_passes(self.model, *attack.costed_models()) as passes:
+                with counting_passes(*attack.costed_models()) as passes:  # attack.model included
                     candidate = attack(x[idx], y[idx])
                     p = expected_correct(self.model, candidate, y[idx], settings.eot,
                                          settings.batch_size)  # fmt: skip
