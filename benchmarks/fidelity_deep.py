@@ -42,7 +42,10 @@ from convertsnn.snn.serialize import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 AKAMASTER = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 32, 32), 10)
 MODELS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-ROWS = "bnstats;bnmse;mse;biascal:mse;offset:mse;offset:biascal:mse;auto"
+ROWS = (
+    "bnstats;bnmse;mse;biascal:mse;offset:mse;offset:biascal:mse;auto;"
+    "ltb;delay:ltb;biascal:ltb;delay:biascal:ltb;delay:biascal:mse"
+)
 LOSSLESS = "cifar10_lossless_subset.npz"
 
 
@@ -68,8 +71,9 @@ def run(args) -> dict:
         model["ann_accuracy"] = accuracy(ann, test)
         print(f"{name}: ANN {100 * model['ann_accuracy']:.1f} %", flush=True)
         for spec in args.rows.split(";"):
-            empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}}
+            empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}, "readout": {}}
             row = model["rows"].setdefault(spec, empty)
+            row.setdefault("readout", {})
             for t in args.timesteps:
                 if str(t) in row["accuracy"]:
                     continue
@@ -79,6 +83,8 @@ def run(args) -> dict:
                 row["accuracy"][str(t)] = accuracy(snn, test)
                 if "auto_calibration" in snn.metadata:
                     row["chosen"][str(t)] = snn.metadata["auto_calibration"]["chosen"]
+                if snn.readout != "mean":
+                    row["readout"][str(t)] = snn.readout
                 print(
                     f"  {spec:22s} T={t:<3d} {100 * row['accuracy'][str(t)]:5.1f} %  "
                     f"({row['convert_cpu_seconds'][str(t)]:.0f} s CPU)",
@@ -116,7 +122,9 @@ def markdown(result: dict) -> str:
         f"(at 200 images one image is 0.5 points and the standard error about 3 points). "
         f"Calibration: its first {config['calib_images']} training images (`bn*` rows: none). "
         "Accuracy in %; every method converted for each T; IF neurons, reset by subtraction, "
-        "membrane from theta/2 (unless `offset` moves it), direct input coding. CPU seconds: "
+        "membrane from theta/2 (unless `offset` moves it), direct input coding; the logits are "
+        "averaged over all T steps except for `delay:` rows, whose readout skips the first D "
+        "steps chosen on calibration images (listed under each table). CPU seconds: "
         "the conversion alone (`time.process_time`), measured while other jobs shared the two "
         "cores of this machine, so only their order of magnitude is telling.",
         "",
@@ -135,6 +143,9 @@ def markdown(result: dict) -> str:
             if row["chosen"]:
                 chosen = ", ".join(f"T={t}: `{c}`" for t, c in row["chosen"].items())
                 lines += [f"`{spec}` chose {chosen}.", ""]
+            if row.get("readout"):
+                readouts = ", ".join(f"T={t}: `{r}`" for t, r in row["readout"].items())
+                lines += [f"`{spec}` read out with {readouts} (other T: the mean).", ""]
     return "\n".join(lines)
 
 

@@ -160,4 +160,5 @@ def command(
     click.echo(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "
         f"T={timesteps}, calibration {snn.metadata['conversion']['calibration']}"
+        + (f", readout {snn.readout}" if snn.readout != "mean" else "")
     )

@@ -285,6 +285,11 @@ def to_nir(snn: SpikingNetwork, v_init: str = "bias"):
             f"the model codes its input with the stochastic '{snn.encoder}' encoder; NIR export "
             "supports direct coding only"
         )
+    if snn.readout != "mean":
+        raise ConvertSNNError(
+            f"the model reads out its logits with '{snn.readout}' (steps skipped), which a NIR "
+            "graph cannot say; export it to ONNX, or set snn.readout = 'mean' first"
+        )
     body, shapes = _node_shapes(snn)
     builder = _Builder(body, shapes, v_init, snn.timesteps)
     values: dict[str, list] = {}

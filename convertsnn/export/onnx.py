@@ -71,7 +71,8 @@ class UnrolledNeuron(nn.Module):
 
 
 class UnrolledNetwork(nn.Module):
-    """Images ``[B, C, H, W]`` -> mean logits ``[B, K]`` with every neuron unrolled over T."""
+    """Images ``[B, C, H, W]`` -> mean logits ``[B, K]`` with every neuron unrolled over T
+    (the mean over steps ``D..T-1`` for a model with ``readout="delay:D"``)."""
 
     def __init__(self, snn: SpikingNetwork, timesteps: int | None = None) -> None:
         super().__init__()
@@ -81,6 +82,12 @@ class UnrolledNetwork(nn.Module):
                 "has no reproducible ONNX form; only direct coding can be exported"
             )
         self.timesteps = timesteps or snn.timesteps
+        self.delay = snn.readout_delay
+        if self.delay >= self.timesteps:
+            raise ConvertSNNError(
+                f"the model reads out steps {self.delay}..T-1 ({snn.readout}); unroll more than "
+                f"{self.delay} steps, not {self.timesteps}"
+            )
         body = copy.deepcopy(snn.body).cpu().eval()
         for name, module in list(body.named_modules()):
             if isinstance(module, IFNeuron):
@@ -94,7 +101,7 @@ class UnrolledNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = x.unsqueeze(0).expand(self.timesteps, *x.shape).flatten(0, 1)
         out = self.body(seq)
-        return out.view(self.timesteps, -1, *out.shape[1:]).mean(0)
+        return out.view(self.timesteps, -1, *out.shape[1:])[self.delay :].mean(0)
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -105,6 +105,7 @@ class Auto(CalibrationMethod):
             )
         method, chosen = best
         snn.body = chosen.body
+        snn.readout = chosen.readout
         snn.metadata.clear()
         snn.metadata.update(chosen.metadata)
         snn.metadata["auto_calibration"] = {
