@@ -44,7 +44,7 @@ def test_ltb_takes_the_papers_steps_per_channel(data):
     assert (first < channel_max).all()
     longer, _ = convert(model, batches, calibration="ltb:iterations=40").thresholds.values()
     assert (longer >= first - 1e-6).all()
-    assert str(get_calibration("ltb")) == "ltb:iterations=12,scale=1"
+    assert str(get_calibration("ltb")) == "ltb:iterations=200,scale=1"
     with pytest.raises(ConvertSNNError, match="ltb needs iterations >= 1"):
         get_calibration("ltb:iterations=0")
 

@@ -49,6 +49,7 @@ class UnrolledNeuron(nn.Module):
         self.leak = neuron.leak
         self.reset_zero = neuron.reset == "zero"
         self.v_init = neuron.v_init
+        self.signed = neuron.signed
         theta = neuron.threshold.detach().clamp(min=neuron.min_threshold)
         self.register_buffer("theta", theta.clone())
         gain = neuron.gain.detach() if isinstance(neuron, DLIFNeuron) else None
@@ -60,11 +61,15 @@ class UnrolledNeuron(nn.Module):
         if theta.dim() == 1:
             theta = theta.view(-1, *([1] * (x.dim() - 2)))
         u = self.v_init * theta
+        count = torch.zeros_like(seq[0]) if self.signed else None
         out = []
         for t in range(self.timesteps):
             current = seq[t] if self.gain is None else self.gain[t] * seq[t]
             h = current + self.leak * u
             spike = (h >= theta).to(x.dtype)
+            if count is not None:  # signed neurons: negative spikes, reset by subtraction
+                spike = spike - ((h < 0) & (count > 0)).to(x.dtype)
+                count = count + spike
             out.append(spike * theta)
             u = h * (1 - spike) if self.reset_zero else h - spike * theta
         return torch.stack(out).flatten(0, 1)
