@@ -24,8 +24,9 @@ from convertsnn.snn.serialize import check_writable, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
 
 # the defaults follow the measurements (docs/conversion.md, "Deep ResNets without training"):
-# with data, model selection over bnmse, mse, channelwise and biascal:mse (best or level with
-# the best at every T measured); below auto's minimum, its usual pick; without data, bnmse
+# with data, model selection over bnmse, mse, channelwise and delay:biascal:mse (biascal:mse
+# with the delayed readout, best at every T measured); below auto's minimum, biascal:mse
+# (too few images to choose a readout delay on); without data, bnmse
 DATA_CALIBRATION = "auto"
 FEW_IMAGES_CALIBRATION = "biascal:mse"
 NO_DATA_CALIBRATION = "bnmse"

@@ -31,7 +31,7 @@ class DLIFNeuron(IFNeuron):
     """IF/LIF neuron whose input current at step ``t`` is multiplied by a learnable ``gain[t]``.
 
     Args:
-        threshold, leak, reset, v_init, surrogate, min_threshold: as :class:`IFNeuron`.
+        threshold, leak, reset, v_init, surrogate, min_threshold, signed: as :class:`IFNeuron`.
         timesteps: the number of steps T the gains are for (one gain per step, all 1 at first).
     """
 
