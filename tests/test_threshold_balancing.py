@@ -19,8 +19,7 @@ from tests.test_deep_conversion import residual_net
 
 @pytest.fixture
 def data() -> torch.Tensor:
-    torch.manual_seed(1)
-    return torch.rand(64, 3, 8, 8)
+    return torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
 def test_ltb_takes_the_papers_steps_per_channel(data):

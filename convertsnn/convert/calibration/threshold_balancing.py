@@ -33,9 +33,9 @@ import itertools
 import torch
 from torch import fx
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from convertsnn.convert.calibration.bias_correction import channel_mean
+from convertsnn.convert.calibration.observers import run_ann
 from convertsnn.convert.calibration.registry import (
     CalibrationMethod,
     parse_options,
@@ -89,18 +89,8 @@ class LocalThresholdBalancing(CalibrationMethod):
             for name in activations
         ]
         batches = itertools.islice(itertools.cycle(loader), self.iterations)
-        ann.eval().to(device)
         try:
-            with torch.no_grad():
-                for x, _ in tqdm(batches, total=self.iterations, desc="ltb", leave=False):
-                    try:
-                        ann(x.to(device))
-                    except RuntimeError as err:  # e.g. images of the wrong size
-                        raise ConvertSNNError(
-                            f"the model cannot run on calibration images of shape "
-                            f"{tuple(x.shape[1:])} ({str(err).strip().splitlines()[0]}); pass "
-                            "images of the size and channels the model was made for"
-                        ) from None
+            run_ann(ann, batches, device, "ltb", total=self.iterations)
         finally:
             for hook in hooks:
                 hook.remove()
