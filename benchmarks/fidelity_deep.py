@@ -150,9 +150,11 @@ def markdown(result: dict) -> str:
             if row["chosen"]:
                 chosen = ", ".join(f"T={t}: `{c}`" for t, c in row["chosen"].items())
                 lines += [f"`{spec}` chose {chosen}.", ""]
-            if row.get("readout"):
-                readouts = ", ".join(f"T={t}: `{r}`" for t, r in row["readout"].items())
-                lines += [f"`{spec}` read out with {readouts} (other T: the mean).", ""]
+            if spec.startswith("delay:") or row.get("readout"):
+                readouts = ", ".join(
+                    f"T={t}: `{row['readout'].get(t, 'mean')}`" for t in row["accuracy"]
+                )
+                lines += [f"`{spec}` read out with {readouts}.", ""]
     return "\n".join(lines)
 
 
