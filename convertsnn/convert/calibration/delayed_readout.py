@@ -47,28 +47,31 @@ class DelayedReadout(OnTopOf):
         device: torch.device,
     ) -> dict[str, torch.Tensor]:
         """BASE's thresholds; first records the ANN's classes on the calibration images."""
-        self.x = calibration_images(loader, self.images)
+        self.sample = calibration_images(loader, self.images)
         with torch.no_grad():
             ann.eval().to(device)
-            self.reference = torch.cat([ann(b.to(device)).argmax(1) for b in self.x.split(64)])
+            self.ann_classes = torch.cat(
+                [ann(b.to(device)).argmax(1) for b in self.sample.split(self.batch)]
+            )
         return self.base.thresholds(ann, activations, loader, device)
 
     def correct_on_top(self, snn, loader: DataLoader | None, device: torch.device) -> None:
         snn.eval().to(device)
         with torch.no_grad():
             sequence = torch.cat(
-                [snn.forward_sequence(b.to(device)) for b in self.x.split(self.batch)], dim=1
+                [snn.forward_sequence(b.to(device)) for b in self.sample.split(self.batch)], dim=1
             )
         # mean over steps D..T-1 for every D at once: reversed cumulative sums
         tails = sequence.flip(0).cumsum(0).flip(0)
-        steps = torch.arange(len(sequence), 0, -1, device=sequence.device).view(-1, 1, 1)
-        classes = (tails / steps).argmax(-1)  # [T, N]
-        agreement = (classes == self.reference.to(classes.device)).float().mean(1)
+        steps = torch.arange(len(sequence), 0, -1, device=sequence.device)
+        steps = steps.view(-1, *[1] * (sequence.dim() - 1))
+        classes = (tails / steps).argmax(2)  # [T, N, ...]: the class axis of [N, K, ...]
+        agreement = (classes == self.ann_classes.to(classes.device)).flatten(1).float().mean(1)
         delay = int(agreement.argmax())  # the first of the best: ties go to the smaller D
         snn.readout = f"delay:{delay}" if delay else "mean"
         snn.metadata["readout_delay"] = {
             "chosen": delay,
             "timesteps": snn.timesteps,
-            "images": len(self.x),
+            "images": len(self.sample),
             "agreement_with_ann": {str(d): round(a, 4) for d, a in enumerate(agreement.tolist())},
         }
