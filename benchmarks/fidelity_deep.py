@@ -42,7 +42,10 @@ from convertsnn.snn.serialize import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 AKAMASTER = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 32, 32), 10)
 MODELS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-ROWS = "bnstats;bnmse;mse;biascal:mse;offset:mse;offset:biascal:mse;auto"
+ROWS = (
+    "bnstats;bnmse;mse;biascal:mse;offset:mse;offset:biascal:mse;auto;"
+    "ltb;delay:ltb;biascal:ltb;delay:biascal:ltb;delay:biascal:mse"
+)
 LOSSLESS = "cifar10_lossless_subset.npz"
 
 
@@ -68,17 +71,21 @@ def run(args) -> dict:
         model["ann_accuracy"] = accuracy(ann, test)
         print(f"{name}: ANN {100 * model['ann_accuracy']:.1f} %", flush=True)
         for spec in args.rows.split(";"):
-            empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}}
+            empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}, "readout": {}}
             row = model["rows"].setdefault(spec, empty)
+            row.setdefault("readout", {})
             for t in args.timesteps:
                 if str(t) in row["accuracy"]:
                     continue
                 start = time.process_time()
-                snn = convert(ann, None if spec.startswith("bn") else calib, t, spec)
+                data = None if spec.startswith("bn") else calib
+                snn = convert(ann, data, t, spec, signed=args.signed_spikes)
                 row["convert_cpu_seconds"][str(t)] = time.process_time() - start
                 row["accuracy"][str(t)] = accuracy(snn, test)
                 if "auto_calibration" in snn.metadata:
                     row["chosen"][str(t)] = snn.metadata["auto_calibration"]["chosen"]
+                if snn.readout != "mean":
+                    row["readout"][str(t)] = snn.readout
                 print(
                     f"  {spec:22s} T={t:<3d} {100 * row['accuracy'][str(t)]:5.1f} %  "
                     f"({row['convert_cpu_seconds'][str(t)]:.0f} s CPU)",
@@ -92,6 +99,8 @@ def earlier_result(args) -> dict:
     """The results already in ``--out`` when they were measured on the same images (a rerun
     adds the rows and T it has not measured), else an empty result."""
     config = {"test_images": args.test_images, "calib_images": args.calib_images}
+    if args.signed_spikes:
+        config["signed_spikes"] = True
     path = args.out.with_suffix(".json")
     if path.is_file():
         result = json.loads(path.read_text())
@@ -104,8 +113,10 @@ def markdown(result: dict) -> str:
     config = result["config"]
     steps = sorted({int(t) for m in result["models"].values() for r in m["rows"].values()
                     for t in r["accuracy"]})  # fmt: skip
+    signed = config.get("signed_spikes", False)
     lines = [
-        "# Low-latency conversion of deep CIFAR-10 ResNets (no training)",
+        "# Low-latency conversion of deep CIFAR-10 ResNets (no training)"
+        + (", signed spikes (hardware-cost variant)" if signed else ""),
         "",
         "Commands (each adds the rows and T not measured yet):",
         "",
@@ -115,8 +126,12 @@ def markdown(result: dict) -> str:
         f"Test: the first {config['test_images']} lossless CIFAR-10 test images of `{LOSSLESS}` "
         f"(at 200 images one image is 0.5 points and the standard error about 3 points). "
         f"Calibration: its first {config['calib_images']} training images (`bn*` rows: none). "
-        "Accuracy in %; every method converted for each T; IF neurons, reset by subtraction, "
-        "membrane from theta/2 (unless `offset` moves it), direct input coding. CPU seconds: "
+        "Accuracy in %; every method converted for each T; "
+        + ("IF neurons with signed (ternary) spikes, " if signed else "IF neurons, ")
+        + "reset by subtraction, "
+        "membrane from theta/2 (unless `offset` moves it), direct input coding; the logits are "
+        "averaged over all T steps except for `delay:` rows, whose readout skips the first D "
+        "steps chosen on calibration images (listed under each table). CPU seconds: "
         "the conversion alone (`time.process_time`), measured while other jobs shared the two "
         "cores of this machine, so only their order of magnitude is telling.",
         "",
@@ -135,6 +150,11 @@ def markdown(result: dict) -> str:
             if row["chosen"]:
                 chosen = ", ".join(f"T={t}: `{c}`" for t, c in row["chosen"].items())
                 lines += [f"`{spec}` chose {chosen}.", ""]
+            if spec.startswith("delay:") or row.get("readout"):
+                readouts = ", ".join(
+                    f"T={t}: `{row['readout'].get(t, 'mean')}`" for t in row["accuracy"]
+                )
+                lines += [f"`{spec}` read out with {readouts}.", ""]
     return "\n".join(lines)
 
 
@@ -152,8 +172,17 @@ def main() -> None:
     parser.add_argument("--timesteps", default="4,8,16")
     parser.add_argument("--test-images", type=int, default=200)
     parser.add_argument("--calib-images", type=int, default=512)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/fidelity_deep")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/fidelity_deep")
+    parser.add_argument(
+        "--signed-spikes",
+        action="store_true",
+        help="signed (ternary) neurons, a hardware-cost variant (default --out: ..._signed)",
+    )
     args = parser.parse_args()
+    results = ROOT / "benchmarks/results"
+    if args.out is None:
+        name = "fidelity_deep_signed" if args.signed_spikes else "fidelity_deep"
+        args.out = results / name
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     torch.manual_seed(0)
     run(args)

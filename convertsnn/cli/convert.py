@@ -24,8 +24,9 @@ from convertsnn.snn.serialize import check_writable, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
 
 # the defaults follow the measurements (docs/conversion.md, "Deep ResNets without training"):
-# with data, model selection over bnmse, mse, channelwise and biascal:mse (best or level with
-# the best at every T measured); below auto's minimum, its usual pick; without data, bnmse
+# with data, model selection over bnmse, mse, channelwise and delay:biascal:mse (biascal:mse
+# with the delayed readout, best at every T measured); below auto's minimum, biascal:mse
+# (too few images to choose a readout delay on); without data, bnmse
 DATA_CALIBRATION = "auto"
 FEW_IMAGES_CALIBRATION = "biascal:mse"
 NO_DATA_CALIBRATION = "bnmse"
@@ -85,6 +86,12 @@ def _preprocessing(
 @click.option(
     "--surrogate", default="triangle:1", show_default=True, help="Surrogate gradient FAMILY[:G]."
 )
+@click.option(
+    "--signed-spikes",
+    is_flag=True,
+    help="Signed (ternary) spikes that take back over-firing: a hardware-cost variant, not for "
+    "binary-spike hardware (docs/conversion.md).",
+)
 @click.option("--arch", help="Architecture of a plain state dict (see `convertsnn models`).")
 @click.option("--mean", help="Per-channel input mean, e.g. 0.4914,0.4822,0.4465.")
 @click.option("--std", help="Per-channel input std.")
@@ -105,7 +112,7 @@ def _preprocessing(
 @device_option
 def command(
     source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
-    surrogate, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
+    surrogate, signed_spikes, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
 ) -> None:  # fmt: skip
     """Convert the ANN SOURCE into a spiking network file.
 
@@ -147,7 +154,7 @@ def command(
     snn = convert(
         ann.model, loader, timesteps=timesteps, calibration=calibration, neuron=neuron,
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
-        metadata=metadata,
+        metadata=metadata, signed=signed_spikes,
     )  # fmt: skip
     save_snn(snn, path)
     if data_free_note:
@@ -160,4 +167,5 @@ def command(
     click.echo(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "
         f"T={timesteps}, calibration {snn.metadata['conversion']['calibration']}"
+        + (f", readout {snn.readout}" if snn.readout != "mean" else "")
     )

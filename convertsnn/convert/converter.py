@@ -88,6 +88,7 @@ def convert(
     surrogate: str = "triangle:1",
     device: str | torch.device = "cpu",
     metadata: dict | None = None,
+    signed: bool = False,
 ) -> SpikingNetwork:
     """Convert a ReLU ANN (taking images in [0, 1]) into a :class:`SpikingNetwork`.
 
@@ -103,6 +104,8 @@ def convert(
         surrogate: surrogate gradient ``FAMILY[:G]``, see :class:`IFNeuron`.
         device: where calibration runs; the SNN is returned on this device.
         metadata: extra facts to store with the model (source, preprocessing, ...).
+        signed: signed (ternary) spikes that take back over-firing, a hardware-cost variant
+            (see :class:`IFNeuron`; off by default).
     """
     if not isinstance(ann, nn.Module):
         raise ConvertSNNError(f"convert takes a torch.nn.Module ANN, got {type(ann).__name__}")
@@ -114,6 +117,8 @@ def convert(
         )
     if calib is not None:
         check_calibration_data(calib, (metadata or {}).get("input_size"))
+    if signed and reset != "subtract":
+        raise ConvertSNNError("signed spikes need reset by subtraction (reset='subtract')")
     if neuron not in NEURON_TYPES:
         raise ConvertSNNError(f"unknown neuron '{neuron}'; choose one of {', '.join(NEURON_TYPES)}")
     if neuron == "if":
@@ -129,7 +134,7 @@ def convert(
     names = activation_names(gm)
     thresholds = method.thresholds(gm, names, calib, device)
     body = replace_activations(
-        gm, thresholds, leak=leak, reset=reset, v_init=v_init, surrogate=surrogate
+        gm, thresholds, leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, signed=signed
     )
     meta = dict(metadata or {})
     meta["conversion"] = {
@@ -140,6 +145,10 @@ def convert(
         "v_init": v_init,
         "surrogate": surrogate,
     }
+    if signed:
+        meta["conversion"]["signed_spikes"] = (
+            "hardware-cost variant: spikes of -1 take back over-firing"
+        )
     snn = SpikingNetwork(body, timesteps, metadata=meta).to(device)
     method.correct_snn(snn, calib, device)
     return snn.eval()

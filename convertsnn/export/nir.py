@@ -24,7 +24,8 @@ sums (residual adds) are several edges into one node. How each feature is carrie
   over the T steps as extra bias ``v_init * theta / T`` (approximate); the export says which;
 - ResNet "option A" shortcuts (``x[:, :, ::2, ::2]`` and zero padding of channels): 1x1
   Conv2d nodes that select channels (exact);
-- spiking max-pool, DLIF input gains, concatenation and other functions: refused, naming the layer.
+- spiking max-pool, DLIF input gains, signed spikes, concatenation and other functions: refused,
+  naming the layer; so is a delayed readout (``readout="delay:D"``).
 
 The last layer stays non-spiking: the graph outputs its currents at each step, and the logits are
 their mean over T (as in convertsnn). Each step feeds the same normalised image (direct coding).
@@ -253,6 +254,8 @@ def _node_shapes(snn: SpikingNetwork) -> tuple[fx.GraphModule, dict[str, tuple[i
     for name, module in body.named_modules():
         if isinstance(module, DLIFNeuron):  # (its gains cannot run at the T=1 used for shapes)
             raise _fail(name, "DLIF input gains per time step have no NIR node")
+        if isinstance(module, IFNeuron) and module.signed:
+            raise _fail(name, "signed (ternary) spikes have no NIR node; export it to ONNX")
         if isinstance(module, (IFNeuron, SpikingMaxPool2d)):
             module.timesteps = 1
     with torch.no_grad():
@@ -284,6 +287,11 @@ def to_nir(snn: SpikingNetwork, v_init: str = "bias"):
         raise ConvertSNNError(
             f"the model codes its input with the stochastic '{snn.encoder}' encoder; NIR export "
             "supports direct coding only"
+        )
+    if snn.readout != "mean":
+        raise ConvertSNNError(
+            f"the model reads out its logits with '{snn.readout}' (steps skipped), which a NIR "
+            "graph cannot say; export it to ONNX, or set snn.readout = 'mean' first"
         )
     body, shapes = _node_shapes(snn)
     builder = _Builder(body, shapes, v_init, snn.timesteps)

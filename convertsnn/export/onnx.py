@@ -49,6 +49,7 @@ class UnrolledNeuron(nn.Module):
         self.leak = neuron.leak
         self.reset_zero = neuron.reset == "zero"
         self.v_init = neuron.v_init
+        self.signed = neuron.signed
         theta = neuron.threshold.detach().clamp(min=neuron.min_threshold)
         self.register_buffer("theta", theta.clone())
         gain = neuron.gain.detach() if isinstance(neuron, DLIFNeuron) else None
@@ -60,18 +61,23 @@ class UnrolledNeuron(nn.Module):
         if theta.dim() == 1:
             theta = theta.view(-1, *([1] * (x.dim() - 2)))
         u = self.v_init * theta
+        count = torch.zeros_like(seq[0]) if self.signed else None
         out = []
         for t in range(self.timesteps):
             current = seq[t] if self.gain is None else self.gain[t] * seq[t]
             h = current + self.leak * u
             spike = (h >= theta).to(x.dtype)
+            if count is not None:  # signed neurons: negative spikes, reset by subtraction
+                spike = spike - ((h < 0) & (count > 0)).to(x.dtype)
+                count = count + spike
             out.append(spike * theta)
             u = h * (1 - spike) if self.reset_zero else h - spike * theta
         return torch.stack(out).flatten(0, 1)
 
 
 class UnrolledNetwork(nn.Module):
-    """Images ``[B, C, H, W]`` -> mean logits ``[B, K]`` with every neuron unrolled over T."""
+    """Images ``[B, C, H, W]`` -> mean logits ``[B, K]`` with every neuron unrolled over T
+    (the mean over steps ``D..T-1`` for a model with ``readout="delay:D"``)."""
 
     def __init__(self, snn: SpikingNetwork, timesteps: int | None = None) -> None:
         super().__init__()
@@ -81,6 +87,12 @@ class UnrolledNetwork(nn.Module):
                 "has no reproducible ONNX form; only direct coding can be exported"
             )
         self.timesteps = timesteps or snn.timesteps
+        self.delay = snn.readout_delay
+        if self.delay >= self.timesteps:
+            raise ConvertSNNError(
+                f"the model reads out steps {self.delay}..T-1 ({snn.readout}); unroll more than "
+                f"{self.delay} steps, not {self.timesteps}"
+            )
         body = copy.deepcopy(snn.body).cpu().eval()
         for name, module in list(body.named_modules()):
             if isinstance(module, IFNeuron):
@@ -94,7 +106,7 @@ class UnrolledNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = x.unsqueeze(0).expand(self.timesteps, *x.shape).flatten(0, 1)
         out = self.body(seq)
-        return out.view(self.timesteps, -1, *out.shape[1:]).mean(0)
+        return out.view(self.timesteps, -1, *out.shape[1:])[self.delay :].mean(0)
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:

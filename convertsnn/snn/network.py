@@ -7,10 +7,13 @@ Shapes::
     body     [T*B, C, H, W] -> [T*B, K]
              stateless layers (conv, linear, pooling, adds) see time as batch; every IFNeuron
              unfolds [T, B, ...], integrates over time and folds back
-    readout  [T, B, K] -> mean over T -> [B, K]
+    readout  [T, B, K] -> mean over T (or over steps D..T-1) -> [B, K]
 
 The last layer of the body is non-spiking, so the readout is the mean of its outputs over time
-(equal to the last layer applied to the mean firing rate).
+(equal to the last layer applied to the mean firing rate). ``readout="delay:D"`` averages only
+steps ``D..T-1``: the delayed evaluation of Bu, Li and Yu (CVPR 2025, "Inference-scale
+complexity in ANN-SNN conversion for high-performance and low-power applications"), which skips
+the steps before the first spikes have crossed the network.
 """
 
 from __future__ import annotations
@@ -46,7 +49,29 @@ def check_timesteps(value: int, what: str = "timesteps") -> int:
     return int(value)
 
 
+def read_out(sequence: torch.Tensor, delay: int) -> torch.Tensor:
+    """Logits ``[T, B, K]`` -> ``[B, K]``: their mean over the steps ``delay..T-1``."""
+    if delay >= len(sequence):
+        raise ConvertSNNError(
+            f"the readout skips the first {delay} steps (delay:{delay}) but the SNN runs "
+            f"{len(sequence)}; run it for more than {delay} steps or set readout to mean"
+        )
+    return sequence[delay:].mean(0)
+
+
 MEMORY_MODES = ("full", "checkpoint")
+
+
+def parse_readout(readout: str) -> int:
+    """The number of first steps that ``readout`` skips: 0 for ``"mean"``, D for ``"delay:D"``."""
+    name, sep, value = str(readout).partition(":")
+    if readout == "mean":
+        return 0
+    if name == "delay" and sep and value.strip().isdigit():
+        return int(value)
+    raise ConvertSNNError(
+        f"unknown readout '{readout}'; use mean or delay:D (average the logits of steps D..T-1)"
+    )
 
 
 class SpikingNetwork(nn.Module):
@@ -59,6 +84,8 @@ class SpikingNetwork(nn.Module):
         encoder: input coding, ``"direct"`` by default.
         metadata: JSON-serialisable facts that travel with the model (source, preprocessing,
             input size, calibration, history).
+        readout: ``"mean"`` (the logits averaged over all T steps) or ``"delay:D"`` (averaged
+            over steps ``D..T-1``, Bu et al.'s delayed evaluation; needs T > D).
     """
 
     def __init__(
@@ -67,12 +94,14 @@ class SpikingNetwork(nn.Module):
         timesteps: int,
         encoder: str | Encoder = "direct",
         metadata: dict | None = None,
+        readout: str = "mean",
     ) -> None:
         super().__init__()
         self.body = body
         self.encoder = parse_encoder(encoder)
         self.metadata = dict(metadata or {})
         self.timesteps = timesteps
+        self.readout = readout
         self.__dict__["_checkpointed"] = None  # not a submodule: it shares the body's modules
 
     @property
@@ -82,6 +111,20 @@ class SpikingNetwork(nn.Module):
     @timesteps.setter
     def timesteps(self, value: int) -> None:
         self._timesteps = check_timesteps(value)
+
+    @property
+    def readout(self) -> str:
+        return self._readout
+
+    @readout.setter
+    def readout(self, value: str) -> None:
+        delay = parse_readout(value)
+        self._readout = "mean" if value == "mean" else f"delay:{delay}"
+
+    @property
+    def readout_delay(self) -> int:
+        """Steps skipped by the readout (0 unless ``readout`` is ``"delay:D"``)."""
+        return parse_readout(self._readout)
 
     def neurons(self) -> Iterator[IFNeuron]:
         """All spiking neurons of the body, in module order."""
@@ -152,8 +195,10 @@ class SpikingNetwork(nn.Module):
         return out.view(steps, x.shape[0], *out.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean logits over time, ``[B, K]``."""
-        return self.forward_sequence(x).mean(0)
+        """Mean logits over time (over steps ``D..T-1`` with ``readout="delay:D"``), ``[B, K]``;
+        the ``ann`` gradient mode runs one step and reads it."""
+        delay = 0 if self.gradient_mode == "ann" else self.readout_delay
+        return read_out(self.forward_sequence(x), delay)
 
     @property
     def memory(self) -> str:

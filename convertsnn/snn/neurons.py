@@ -17,6 +17,14 @@ Dynamics per step ``t`` (Rueckauer et al. 2017; Bu et al. 2022, QCFS, for the in
 
 The output is the spike times the threshold, which equals binary spikes with the next layer's
 weights scaled by theta; the firing rate times theta approximates ``clamp(ReLU(I), 0, theta)``.
+
+Signed (ternary) spikes, ``signed=True``, off by default: a hardware-cost variant after Wang et
+al. (IJCAI 2022, "Signed neuron with memory: towards simple, accurate and high-efficient ANN-SNN
+conversion"). A neuron that has fired more positive than negative spikes so far and whose
+membrane falls below 0 emits a negative spike, ``out[t] = -theta``, and its membrane is raised
+by theta. Over-firing (spikes sent early for input that later turns negative) is taken back, so
+the net count tracks the rounded running input, never below 0. It costs what binary neurons do
+not: a second comparison, a spike counter per neuron, and synapses that accept -1 spikes.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ class IFNeuron(nn.Module):
         v_init: initial membrane potential as a fraction of the threshold (0.5 as in QCFS).
         surrogate: surrogate gradient spec, see :mod:`convertsnn.snn.surrogate`.
         min_threshold: thresholds are clamped to at least this value in the forward pass.
+        signed: emit negative spikes that take back earlier positive ones (see the module doc;
+            a hardware-cost variant, off by default).
 
     Gradient modes (attribute ``gradient_mode``): ``"bptt"`` backpropagates through time with
     the surrogate; ``"bptr"`` backpropagates through the firing rate (the gradient of ReLU at the
@@ -68,30 +78,36 @@ class IFNeuron(nn.Module):
         v_init: float = 0.5,
         surrogate: str | Surrogate = "triangle:1",
         min_threshold: float = 1e-3,
+        signed: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < leak <= 1:
             raise ConvertSNNError(f"neuron leak must be in (0, 1], got {leak}")
         if reset not in RESETS:
             raise ConvertSNNError(f"unknown reset '{reset}'; choose one of {', '.join(RESETS)}")
+        if signed and reset != "subtract":
+            raise ConvertSNNError("signed spikes need reset by subtraction (reset='subtract')")
         self.threshold = nn.Parameter(torch.as_tensor(threshold, dtype=torch.float32).clone())
         self.leak = float(leak)
         self.reset = reset
         self.v_init = float(v_init)
         self.surrogate = parse_surrogate(surrogate)
         self.min_threshold = float(min_threshold)
+        self.signed = bool(signed)
         self.timesteps = 1
         self.gradient_mode = "bptt"
 
     def config(self) -> dict:
-        """Constructor arguments except the threshold (which is a parameter)."""
-        return {
+        """Constructor arguments except the threshold (which is a parameter); ``signed`` only
+        when set, so files of binary neurons are written as before."""
+        config = {
             "leak": self.leak,
             "reset": self.reset,
             "v_init": self.v_init,
             "surrogate": str(self.surrogate),
             "min_threshold": self.min_threshold,
         }
+        return {**config, "signed": True} if self.signed else config
 
     def extra_repr(self) -> str:
         shape = tuple(self.threshold.shape)
@@ -113,13 +129,12 @@ class IFNeuron(nn.Module):
         theta = self._theta(x.dim())
         if self.gradient_mode == "bptr":
             return _RateBackprop.apply(seq, theta, self).flatten(0, 1)
-        if isinstance(self.surrogate, Surrogate):
-            settings = (self.leak, self.reset == "zero", self.v_init)
-            if torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad):
-                out = _IFDynamics.apply(seq, theta, *settings, self.surrogate)
-            else:
-                out = integrate_and_fire(seq, theta, *settings)[0]
-            return out.flatten(0, 1)
+        needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
+        settings = (self.leak, self.reset == "zero", self.v_init)
+        if not needs_grad and (self.signed or isinstance(self.surrogate, Surrogate)):
+            return integrate_and_fire(seq, theta, *settings, signed=self.signed)[0].flatten(0, 1)
+        if isinstance(self.surrogate, Surrogate) and not self.signed:
+            return _IFDynamics.apply(seq, theta, *settings, self.surrogate).flatten(0, 1)
         return self.simulate(seq, theta, self.surrogate).flatten(0, 1)
 
     def simulate(self, seq: torch.Tensor, theta: torch.Tensor, surrogate) -> torch.Tensor:
@@ -132,10 +147,14 @@ class IFNeuron(nn.Module):
         """
         u = torch.zeros_like(seq[0]) + self.v_init * theta
         detach_reset = surrogate.detach_reset
+        count = torch.zeros_like(u) if self.signed else None
         out = []
         for current in seq:
             u = self.leak * u + current
             spike = surrogate.spike(u - theta, theta)
+            if count is not None:  # negative spikes (no surrogate gradient of their own)
+                spike = spike - ((u < 0) & (count > 0)).to(u.dtype)
+                count = count + spike.detach()
             reset = spike.detach() if detach_reset else spike
             u = u - reset * theta if self.reset == "subtract" else u * (1 - reset)
             out.append(spike * theta)
@@ -149,6 +168,7 @@ def integrate_and_fire(
     reset_zero: bool,
     v_init: float,
     keep: bool = False,
+    signed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The forward dynamics of :meth:`IFNeuron.simulate`, in place and without autograd.
 
@@ -156,8 +176,11 @@ def integrate_and_fire(
     also the pre-spike membrane ``h[t]`` and the spikes as ``bool`` (what the backward pass of
     :class:`_IFDynamics` needs), else ``None`` for both. Per step about four full-tensor kernels
     (five for LIF); one membrane ``[B, ...]`` is updated in place and nothing else is stored.
-    Spikes and outputs are bit-identical to :meth:`IFNeuron.simulate`.
+    Spikes and outputs are bit-identical to :meth:`IFNeuron.simulate`. ``signed`` (not with
+    ``keep``) adds the negative spikes of signed neurons (the ``out`` only).
     """
+    if signed:
+        return _signed_integrate_and_fire(seq, theta, leak, v_init), None, None
     out = torch.empty_like(seq)
     membrane = torch.empty_like(seq) if keep else None
     spikes = torch.empty(seq.shape, dtype=torch.bool, device=seq.device) if keep else None
@@ -176,6 +199,23 @@ def integrate_and_fire(
         else:
             torch.sub(h, fired, out=u)
     return out, membrane, spikes
+
+
+def _signed_integrate_and_fire(
+    seq: torch.Tensor, theta: torch.Tensor, leak: float, v_init: float
+) -> torch.Tensor:
+    """``theta * (positive - negative spikes)`` ``[T, B, ...]`` of signed neurons (reset by
+    subtraction, no autograd)."""
+    out = torch.empty_like(seq)
+    u = torch.zeros_like(seq[0]) + v_init * theta
+    count = torch.zeros_like(u)
+    for t in range(len(seq)):
+        h = leak * u + seq[t]
+        spike = (h >= theta).to(seq.dtype) - ((h < 0) & (count > 0)).to(seq.dtype)
+        count += spike
+        out[t] = spike * theta
+        u = h - out[t]
+    return out
 
 
 class _IFDynamics(torch.autograd.Function):
@@ -256,7 +296,7 @@ class _RateBackprop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, seq: torch.Tensor, theta: torch.Tensor, neuron: IFNeuron):  # type: ignore[override]
         settings = (neuron.leak, neuron.reset == "zero", neuron.v_init)
-        out = integrate_and_fire(seq, theta, *settings)[0]
+        out = integrate_and_fire(seq, theta, *settings, signed=neuron.signed)[0]
         ctx.save_for_backward((out.mean(0, keepdim=True) > 0).to(seq.dtype))
         return out
 

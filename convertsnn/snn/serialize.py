@@ -4,11 +4,15 @@ The file is a plain safetensors file. Its string metadata holds one key, ``conve
 JSON document::
 
     {"format": "convertsnn.snn", "version": 1,
-     "timesteps": 8, "encoder": "direct",
+     "timesteps": 8, "encoder": "direct", "readout": "mean",
      "graph": {"modules": {NAME: {"type": "Conv2d", "config": {...}}},
                "buffers": [NAME, ...],            # constant tensors read by get_attr nodes
                "nodes": [{"name", "op", "target", "args", "kwargs"}, ...]},
      "metadata": {source, preprocessing, input_size, conversion, thresholds, versions, ...}}
+
+``readout`` is ``mean`` or ``delay:D`` (see :class:`SpikingNetwork`); files without it (written
+before it existed) read out the mean. A file with a delayed readout is written as version 2, so
+that a convertsnn that predates the setting refuses it instead of averaging all steps.
 
 Module types, functions and methods are looked up in :mod:`convertsnn.convert.ops`, so only
 known layers are ever constructed. Writes go to a temporary file that is renamed into place, so
@@ -34,7 +38,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork
 
 FORMAT = "convertsnn.snn"
-VERSION = 1
+VERSION = 2  # version 1: no readout setting (the mean over all steps)
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -262,9 +266,10 @@ def save_snn(snn: SpikingNetwork, path: str | os.PathLike) -> Path:
     metadata["thresholds"] = {k: v.tolist() for k, v in snn.thresholds.items()}
     document = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 1 if snn.readout == "mean" else VERSION,
         "timesteps": snn.timesteps,
         "encoder": str(snn.encoder),
+        "readout": snn.readout,
         "graph": graph_to_json(snn.body),
         "metadata": metadata,
     }
@@ -316,7 +321,11 @@ def load_snn(path: str | os.PathLike, device: str | torch.device = "cpu") -> Spi
     try:
         body = graph_from_json(document["graph"], tensors)
         snn = SpikingNetwork(
-            body, document["timesteps"], document.get("encoder", "direct"), document["metadata"]
+            body,
+            document["timesteps"],
+            document.get("encoder", "direct"),
+            document["metadata"],
+            document.get("readout", "mean"),
         )
         snn.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, RuntimeError) as err:

@@ -6,12 +6,14 @@ from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     bnstats,
     bnstats_mse,
     channelwise,
+    delayed_readout,
     layerwise,
     max_norm,
     mse,
     offset,
     percentile,
     qcfs,
+    threshold_balancing,
 )
 from convertsnn.convert.calibration.registry import (
     CalibrationMethod,

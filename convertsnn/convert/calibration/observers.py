@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
@@ -83,6 +84,28 @@ class ActivationObserver:
         return torch.nanquantile(values, p / 100.0, dim=1)
 
 
+def run_ann(
+    ann: fx.GraphModule,
+    batches: Iterable,
+    device: torch.device,
+    desc: str,
+    total: int | None = None,
+) -> None:
+    """Run ``ann`` (eval mode, no_grad, progress bar) over ``(images, labels)`` batches; images
+    it cannot run on stop with one line."""
+    ann.eval().to(device)
+    with torch.no_grad():
+        for x, _ in tqdm(batches, total=total, desc=desc, leave=False):
+            try:
+                ann(x.to(device))
+            except RuntimeError as err:  # e.g. images too small or with the wrong channels
+                raise ConvertSNNError(
+                    f"the model cannot run on calibration images of shape "
+                    f"{tuple(x.shape[1:])} ({str(err).strip().splitlines()[0]}); pass "
+                    "images of the size and channels the model was made for"
+                ) from None
+
+
 def observe_activations(
     ann: fx.GraphModule,
     activations: list[str],
@@ -101,18 +124,8 @@ def observe_activations(
         )
         for name in activations
     ]
-    ann.eval().to(device)
     try:
-        with torch.no_grad():
-            for x, _ in tqdm(loader, desc=desc, leave=False):
-                try:
-                    ann(x.to(device))
-                except RuntimeError as err:  # e.g. images too small or with the wrong channels
-                    raise ConvertSNNError(
-                        f"the model cannot run on calibration images of shape "
-                        f"{tuple(x.shape[1:])} ({str(err).strip().splitlines()[0]}); pass "
-                        "images of the size and channels the model was made for"
-                    ) from None
+        run_ann(ann, loader, device, desc)
     finally:
         for hook in hooks:
             hook.remove()
