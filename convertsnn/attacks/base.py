@@ -43,6 +43,12 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin / scale
 
 
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per sample, ``[B]`` (negative = misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return true - logits.scatter(1, y[:, None], float("-inf")).max(dim=1).values
+
+
 def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Targeted DLR loss per sample (Croce & Hein 2020), ``[B]``; needs at least 4 classes.
 
