@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from convertsnn.attacks.base import logit_margin
-from convertsnn.attacks.gradient_modes import GradientMode
 from convertsnn.attacks.pgd import PGD
 from convertsnn.errors import ConvertSNNError
 
@@ -29,8 +28,8 @@ class PGDSearch(PGD):
     """:class:`PGD` followed by a greedy local random search on the samples it did not break.
 
     Args:
-        model, eps, norm, eot, steps, alpha, loss, restarts, random_start, gradient_mode, step:
-            see :class:`PGD`.
+        model, eps, norm, eot: see :class:`PGD`; ``pgd``: its other arguments (``steps``,
+            ``step``, ``restarts``, ``loss``, ``gradient_mode``, ...).
         queries: forward-only proposals per surviving sample after PGD (default 100).
         flip: share of the perturbation's coordinates mirrored per proposal (default 0.02).
 
@@ -45,18 +44,11 @@ class PGDSearch(PGD):
         eps: float,
         norm: str = "linf",
         eot: int = 1,
-        steps: int = 20,
-        alpha: float | None = None,
-        loss: str = "ce",
-        restarts: int = 1,
-        random_start: bool = True,
-        gradient_mode: str | GradientMode | None = None,
-        step: float | None = None,
         queries: int = 100,
         flip: float = 0.02,
+        **pgd,
     ) -> None:
-        super().__init__(model, eps, norm, eot, steps, alpha, loss, restarts, random_start,
-                         gradient_mode, step)  # fmt: skip
+        super().__init__(model, eps, norm, eot, **pgd)
         if queries < 0:
             raise ConvertSNNError(f"queries must be >= 0, got {queries}")
         if not 0 < flip <= 1:

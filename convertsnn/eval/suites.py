@@ -72,15 +72,15 @@ SEARCH = {"steps": 20, "step": 0.25}
 QUICK = Suite(
     "quick",
     "FGSM in 6 gradient modes (the model's surrogate, sigmoid 20 and rect 0.25 with detached "
-    "reset, BPTR, ANN proxy, adaptive a=0.8), PGD-20 (step eps/4) + 500-query local search in "
-    "sigmoid 20 (detached reset), Square-300. A first look, not a final number.",
+    "reset, BPTR, ANN proxy, adaptive a=0.8), PGD-20 (step eps/4) + 100-query local search in "
+    "sigmoid 20 (detached reset), Square-100, APGD-CE-40. A first look, not a final number.",
     candidates=("native", *SHARP_MODES, "bptr", "ann"),
     adaptive=(0.8,),
     probe=False,
     stages=(
         Stage("fgsm"),
-        Stage("pgd-search", {**SEARCH, "queries": 500}, SHARP_MODES[:1]),
-        Stage("square", {"queries": 300}, "none"),
+        Stage("pgd-search", {**SEARCH, "queries": 100}, SHARP_MODES[:1]),
+        Stage("square", {"queries": 100}, "none"),
     ),
 )
 
@@ -88,8 +88,8 @@ STANDARD = Suite(
     "standard",
     "Probe-ranked modes (model surrogate, sigmoid 20 / rect 0.25 / triangle 0.25 with detached "
     "reset, seed 000's sigmoid 4 and atan 2, STE, triangle 0.5, BPTR, ANN proxy, adaptive tuned "
-    "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4) + 500-query local search x "
-    "top-3, APGD-T-50 (3 targets) x top-1, transfer from the source ANN, Square-1000.",
+    "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4) + 100-query local search x "
+    "top-3, transfer from the source ANN, Square-300, APGD-CE-40.",
     candidates=(
         "native",
         *SHARP_MODES,
@@ -104,10 +104,9 @@ STANDARD = Suite(
     probe=True,
     stages=(
         Stage("fgsm", modes="top:6"),
-        Stage("pgd-search", {**SEARCH, "queries": 500}, "top:3"),
-        Stage("apgd-t", {"steps": 50, "targets": 3}, "top:1"),
+        Stage("pgd-search", {**SEARCH, "queries": 100}, "top:3"),
         Stage("transfer", {"steps": 100}, "none"),
-        Stage("square", {"queries": 1000}, "none"),
+        Stage("square", {"queries": 300}, "none"),
     ),
 )
 
