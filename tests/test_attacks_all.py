@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convertsnn import convert
-from convertsnn.attacks import APGDT, ATTACKS, Square, Transfer, build_attack
+from convertsnn.attacks import APGDT, ATTACKS, PGD, PGDSearch, Square, Transfer, build_attack
 from convertsnn.attacks.apgd import checkpoints
 from convertsnn.attacks.square import meta_pseudo_gaussian, pseudo_gaussian, window_fraction
 from convertsnn.errors import ConvertSNNError
@@ -16,6 +16,7 @@ FAST = {
     "fgsm": {},
     "rfgsm": {},
     "pgd": {"steps": 10},
+    "pgd-search": {"steps": 10, "queries": 20},
     "apgd-ce": {"steps": 10},
     "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 10, "targets": 3},
@@ -130,3 +131,44 @@ def test_bad_attack_settings():
         Transfer(model, 0.1)
     with pytest.raises(ConvertSNNError):
         Square(model, 0.1, queries=0)
+
+
+class Shattered(nn.Module):
+    """A linear classifier plus a pseudo-random jump term without gradient: the gradient sees
+    only the smooth trend, as a surrogate sees only the trend of an SNN's spike counts."""
+
+    def __init__(self, amplitude: float = 0.1) -> None:
+        super().__init__()
+        self.linear = linear_model()
+        torch.manual_seed(1)
+        self.register_buffer("mix", torch.randn(3 * 12 * 12, 10))
+        self.amplitude = amplitude
+
+    def forward(self, x):
+        jumps = torch.sin(1e4 * x.detach().flatten(1) @ self.mix)  # changes with any pixel
+        return self.linear(x) + self.amplitude * jumps
+
+
+def test_pgd_search_finds_what_pgd_misses_on_a_shattered_output(images):
+    model = Shattered()
+    y = model(images).argmax(1)
+    eps = 0.3 / 255  # too small for the trend alone
+    torch.manual_seed(0)
+    x_pgd = PGD(model, eps, steps=5, step=0.25)(images, y)
+    torch.manual_seed(0)
+    x_search = PGDSearch(model, eps, steps=5, step=0.25, queries=50)(images, y)
+    assert (x_search - images).abs().max() <= eps + 1e-6
+    assert x_search.min() >= 0 and x_search.max() <= 1
+    survive_pgd = (model(x_pgd).argmax(1) == y).sum()
+    survive_search = (model(x_search).argmax(1) == y).sum()
+    assert survive_search < survive_pgd
+    torch.manual_seed(0)  # without proposals it is PGD
+    assert torch.equal(PGDSearch(model, eps, steps=5, step=0.25, queries=0)(images, y), x_pgd)
+
+
+def test_pgd_search_settings():
+    model = linear_model()
+    with pytest.raises(ConvertSNNError, match="flip"):
+        PGDSearch(model, 0.1, flip=0)
+    with pytest.raises(ConvertSNNError, match="queries"):
+        PGDSearch(model, 0.1, queries=-1)

@@ -157,6 +157,7 @@ def test_suites_grow_in_strength():
         assert suite.stages[-1].attack == "square"  # black-box last: the flag needs it
         assert suite.adaptive and suite.more_steps
         assert set(SHARP_MODES) <= set(suite.candidates)
+        assert suite.stages[1 if suite is not FULL else 2].attack == "pgd-search"  # after FGSM
     assert "autoattack" in {st.attack for st in FULL.stages}
     assert S001.candidates == SEED001_MODES and S001.families and not S001.probe
     assert [st.attack for st in S001.stages] == ["fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr",
@@ -173,9 +174,8 @@ def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
         [(s.broken, s.loss) for s in ranking], reverse=True
     )
     assert len({r.mode for r in runs if r.mode.startswith("adaptive")}) <= 1
-    pgd_modes = [r.mode for r in runs if r.attack == "pgd"]
+    pgd_modes = [r.mode for r in runs if r.attack == "pgd-search"]
     assert len(pgd_modes) == 3 and pgd_modes[0] == ranking[0].mode
-    assert [r.mode for r in runs if r.attack == "apgd-t"] == pgd_modes[:1]
     assert all(s.samples == 8 and s.spread >= 0 for s in ranking)
     assert [r.attack for r in runs][-2:] == ["transfer", "square"]
 

@@ -19,6 +19,7 @@ from convertsnn.attacks.gradient_modes import (
     parse_gradient_mode,
 )
 from convertsnn.attacks.pgd import PGD
+from convertsnn.attacks.pgd_search import PGDSearch
 from convertsnn.attacks.rfgsm import RFGSM
 from convertsnn.attacks.square import Square
 from convertsnn.attacks.transfer import Transfer
@@ -28,6 +29,7 @@ ATTACKS = {
     "fgsm": FGSM,
     "rfgsm": RFGSM,
     "pgd": PGD,
+    "pgd-search": PGDSearch,
     "apgd-ce": APGD,
     "apgd-dlr": APGD,
     "apgd-t": APGDT,
@@ -71,6 +73,7 @@ __all__ = [
     "AutoAttackRun",
     "GradientMode",
     "ModelInMode",
+    "PGDSearch",
     "Square",
     "Transfer",
     "build_attack",

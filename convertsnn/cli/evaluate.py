@@ -39,6 +39,7 @@ ATTACK_OPTIONS = {
     "fgsm": (),
     "rfgsm": ("alpha",),
     "pgd": ("steps", "alpha", "restarts", "loss"),
+    "pgd-search": ("steps", "alpha", "restarts", "loss", "queries"),
     "apgd-ce": ("steps", "restarts"),
     "apgd-dlr": ("steps", "restarts"),
     "apgd-t": ("steps", "targets", "restarts"),
@@ -145,7 +146,12 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
 @click.option("--alpha", default=None, help="PGD step size (default 2.5*eps/steps).")
 @click.option("--restarts", default=None, type=int, help="Random restarts (default 1).")
 @click.option("--loss", type=click.Choice(["ce", "dlr"]), default=None, help="PGD loss (ce).")
-@click.option("--queries", default=None, type=int, help="Square queries (default 5000).")
+@click.option(
+    "--queries",
+    default=None,
+    type=int,
+    help="Square queries (default 5000); pgd-search: random-search proposals after PGD (100).",
+)
 @click.option("--targets", default=None, type=int, help="APGD-T target classes (default 9).")
 @click.option(
     "--gradient",
