@@ -157,7 +157,6 @@ def suites(snn, x, y, eps: float, names: list[str]) -> dict:
     return out
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("diagnose", "attacks", "suites"))

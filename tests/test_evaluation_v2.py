@@ -237,6 +237,4 @@ def test_suites_that_cannot_run_on_a_model_stop_before_attacking(images, name):
         run_suite(name, three_classes, images, y, QUIET)
     assert "\n" not in str(err.value)
     for runs_anywhere in ("quick", "standard"):  # no APGD-T in them
-        assert (
-            run_suite(runs_anywhere, three_classes, images, y, QUIET).robust < 1
-        )
+        assert run_suite(runs_anywhere, three_classes, images, y, QUIET).robust < 1
