@@ -9,7 +9,7 @@ from torch import nn
 
 from convertsnn.objectives.base import kl_divergence
 from convertsnn.objectives.distill import DistillationObjective
-from convertsnn.objectives.inner import InnerPGD
+from convertsnn.objectives.pgd_at import PGDAT
 from convertsnn.objectives.registry import register_objective
 
 
@@ -30,9 +30,7 @@ class ARD(DistillationObjective):
     default_beta = 1.0
     default_temperature = 30.0
 
-    def attack(self, model, x, y, clean_logits):
-        start = "uniform" if self.random_start else "none"
-        return InnerPGD(model, self.eps, self.steps, self.alpha, "ce", start)(x, y)
+    attack = PGDAT.attack  # PGD on CE from a uniform random start
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
