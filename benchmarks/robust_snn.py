@@ -17,7 +17,8 @@ step), and every run keeps the epoch with the best held-out quick-suite robust a
 Each model is then measured on the first ``--test-images`` test images: clean accuracy and the
 robust accuracy under ``--suite`` (quick or standard) at ``--eps``, with its binomial standard
 error. Finished runs and evaluations are kept in ``--work`` and skipped when the command is run
-again. Results: ``--out``.md/.json.
+again (several processes may share it, each with its own ``--rows``). The table is printed and
+``--out``.json written; benchmarks/results/robust_snn.md holds the table with the discussion.
 
 CPU scale (Fashion-MNIST; results/robust_snn.md says the exact command and scale):
     OMP_NUM_THREADS=1 python benchmarks/robust_snn.py --snn SNN_T8 --data fashion_mnist.npz \\
@@ -78,6 +79,8 @@ def row_settings(row: str, args: argparse.Namespace, eps: float, best_objective:
         "out_dir": str(args.work / row),
         "resume": True,
     }
+    if args.lr is not None:
+        common["lr"] = args.lr
     if row == "seed001":
         return {**common, "alpha": eps / 2}  # RFGSM: random step eps/2, gradient step eps/2
     one_step = {"attack_steps": 1, "alpha": eps, "beta": None}  # the objective's own beta
@@ -175,6 +178,7 @@ def main() -> None:
     parser.add_argument("--select-images", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the recipe's, 1e-3)")
     parser.add_argument("--augment", default="none")
     parser.add_argument("--threshold-lr-scale", type=float, default=10.0)
     parser.add_argument("--test-images", type=int, default=300)
@@ -221,7 +225,6 @@ def main() -> None:
     print(table)
     write_json(args.out.with_suffix(".json"), {"command": command, "best_distillation": best,
                                                "rows": rows})  # fmt: skip
-    atomic_write(args.out.with_suffix(".table.md"), lambda tmp: Path(tmp).write_text(table + "\n"))
 
 
 if __name__ == "__main__":
