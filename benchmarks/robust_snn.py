@@ -192,7 +192,7 @@ def main() -> None:
     args = parser.parse_args()
     eps = parse_number(args.eps, "eps")
     command = "python benchmarks/robust_snn.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None
     )
     wanted = args.rows.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
