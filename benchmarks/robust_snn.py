@@ -39,6 +39,7 @@ from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.cli.options import parse_number
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import write_json
+from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.suites import run_suite
 from convertsnn.finetune import finetune, load_recipe
 from convertsnn.objectives.distill import frozen_source_ann
@@ -114,8 +115,9 @@ def evaluate_row(row: str, model, x, y, eps: float, args: argparse.Namespace) ->
     done = args.work / f"eval_{row}_{args.suite}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    result = run_suite(args.suite, model, x, y, eps, batch_size=args.eval_batch_size,
-                       seed=args.seed, progress=False)  # fmt: skip
+    settings = EvalSettings(eps, eot=default_eot(model), batch_size=args.eval_batch_size,
+                            seed=args.seed, progress=False)  # fmt: skip
+    result = run_suite(args.suite, model, x, y, settings)
     n = len(y)
     robust, clean = result.robust, result.ensemble.clean
     facts = {
