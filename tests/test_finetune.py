@@ -42,7 +42,7 @@ def quick(files, out_dir, **settings):
     "flags, message",
     [
         (["--eps", "-0.1"], "eps must be at least 0, got -0.1"),
-        (["--objective", "fgsm-at"], "unknown objective 'fgsm-at'; choose one of mart, "),
+        (["--objective", "fgsm-at"], "unknown objective 'fgsm-at'; choose one of ard, mart, "),
         (["-T", "0"], "timesteps must be an integer >= 1, got 0"),
         (["--eps", "two"], "eps 'two' is not a number"),
         (["--train", "biases"], "unknown train 'biases'; choose one of all, weights, thresholds"),

@@ -15,7 +15,10 @@ from convertsnn.finetune import FinetuneConfig, TrainConfig
 from convertsnn.zoo.pipeline import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = sorted((ROOT / "recipes").glob("*/*.yaml"))
+PIPELINES = [
+    *sorted((ROOT / "recipes").glob("*/*.yaml")),
+    ROOT / "recipes" / "robust_conversion.yaml",
+]
 CONFIGS = {"train": TrainConfig, "finetune": FinetuneConfig}
 
 

@@ -138,8 +138,8 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.argument("model", required=False)
 @click.option("--timesteps", "-T", type=int, help="Simulation steps T (default: the model's).")
 @click.option(
-    "--teacher", help="SNN file whose source ANN --regularizer distill learns from (default: "
-    "MODEL's own); e.g. the converted file, when MODEL was finetuned before.",
+    "--teacher", help="SNN file whose source ANN --regularizer distill and --objective ard/rslad "
+    "learn from (default: MODEL's own); e.g. the converted file, when MODEL was finetuned before.",
 )  # fmt: skip
 @click.option("--surrogate", help="Surrogate for BPTT, FAMILY[:G] (default: the model's).")
 @click.option(
@@ -166,6 +166,15 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.option(
     "--train", "train", type=str,
     help=f"Parameters that learn: {', '.join(PARAMETER_SETS)}{_default(FinetuneConfig, 'train')}.",
+)  # fmt: skip
+@click.option(
+    "--threshold-lr-scale", type=float,
+    help="The thresholds learn at lr times this (their relative gradient is about 10x smaller "
+    f"than the weights'){_default(FinetuneConfig, 'threshold_lr_scale')}.",
+)  # fmt: skip
+@click.option(
+    "--temperature", type=str,
+    help="Distillation temperature of --objective ard [default: 30].",
 )  # fmt: skip
 @click.option(
     "--attack-gradient", type=str,

@@ -66,7 +66,10 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
             save_snn(snn, path)
 
         teacher = source_of(config.teacher, snn, ctx.device) if config.teacher else None
-        task = TrainingTask(snn, select_parameters(snn, config.train), save, teacher)
+        parameters = select_parameters(snn, config.train)
+        if config.threshold_lr_scale != 1:
+            parameters = parameter_groups(snn, parameters, config.threshold_lr_scale)
+        task = TrainingTask(snn, parameters, save, teacher)
         with surrogate_scale(snn, config.surrogate_scale):
             return fit(config, task, train_set, val_set, ctx)
 
@@ -126,6 +129,19 @@ def select_parameters(snn: SpikingNetwork, which: str) -> list[nn.Parameter]:
         if learns:
             chosen.append(parameter)
     return chosen
+
+
+def parameter_groups(
+    snn: SpikingNetwork, parameters: list[nn.Parameter], threshold_lr_scale: float
+) -> list[dict]:
+    """``parameters`` as two optimiser groups: the thresholds at ``threshold_lr_scale`` times the
+    learning rate, everything else at the learning rate (empty groups are left out)."""
+    thresholds = {id(neuron.threshold) for neuron in snn.neurons()}
+    groups = [
+        {"params": [p for p in parameters if id(p) not in thresholds], "lr_scale": 1.0},
+        {"params": [p for p in parameters if id(p) in thresholds], "lr_scale": threshold_lr_scale},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def _as_config(cls: type[RunConfig], config, settings: dict) -> RunConfig:

@@ -58,6 +58,7 @@ class RunConfig:
     alpha: float | None = None
     attack_steps: int | None = None
     beta: float | None = None
+    temperature: float | None = None
     random_start: bool = True
     regularizers: list[str] = field(default_factory=list)
     weight_projection: float = 0.0
@@ -141,6 +142,7 @@ class RunConfig:
             alpha=self.alpha,
             beta=self.beta,
             random_start=self.random_start,
+            temperature=self.temperature,
         )
 
     def to_dict(self) -> dict:
@@ -197,7 +199,9 @@ class FinetuneConfig(RunConfig):
     inner attack's gradient mode(s), comma-separated specs of
     :mod:`convertsnn.attacks.gradient_modes` (default ``native``: the training surrogate), one
     drawn per step (``attack_gradient_pick`` ``draw``) or the per-sample worst (``worst``); see
-    :mod:`convertsnn.objectives.attack_gradient`.
+    :mod:`convertsnn.objectives.attack_gradient`. ``threshold_lr_scale``: the thresholds learn at
+    ``lr * threshold_lr_scale`` (their relative gradient is about 10x smaller than the weights',
+    ``benchmarks/results/gradient_health.md``; 1 keeps one learning rate).
     """
 
     model: str = ""
@@ -209,6 +213,7 @@ class FinetuneConfig(RunConfig):
     surrogate_scale: str = "threshold"
     memory: str = "full"
     train: str = "all"
+    threshold_lr_scale: float = 1.0
     attack_gradient: str = "native"
     attack_gradient_pick: str = "draw"
     objective: str = "trades-rfgsm"
@@ -238,10 +243,20 @@ class FinetuneConfig(RunConfig):
                 f"'{self.attack_gradient}' cannot apply; use a gradient objective (pgd-at, "
                 "trades, ...) or leave attack_gradient native"
             )
-        if self.teacher and all(get_regularizer(s).name != "distill" for s in self.regularizers):
+        if not self.threshold_lr_scale > 0:
             raise ConvertSNNError(
-                "a teacher is only used by the distill regularizer; add --regularizer distill "
-                "or drop --teacher"
+                f"threshold_lr_scale must be positive, got {self.threshold_lr_scale}"
+            )
+        if self.threshold_lr_scale != 1 and self.train == "weights":
+            raise ConvertSNNError(
+                "threshold_lr_scale scales the thresholds' learning rate, but --train weights "
+                "freezes them; drop --threshold-lr-scale or train the thresholds"
+            )
+        distills = any(get_regularizer(s).name == "distill" for s in self.regularizers)
+        if self.teacher and not distills and not objective_class(self.objective).needs_teacher:
+            raise ConvertSNNError(
+                "a teacher is only used by the distill regularizer and the ard/rslad "
+                "objectives; add --regularizer distill, use one of them, or drop --teacher"
             )
         super().validate()
 
@@ -273,6 +288,11 @@ class TrainConfig(RunConfig):
                 raise ConvertSNNError(f"{name} is empty; give one value per input channel")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ConvertSNNError(f"std values must be positive, got {self.std}")
+        if objective_class(self.objective).needs_teacher:
+            raise ConvertSNNError(
+                f"objective '{self.objective}' distils an SNN's source ANN into the SNN; use it "
+                "with `convertsnn finetune` (an ANN has no teacher here)"
+            )
         super().validate()
 
 

@@ -57,13 +57,14 @@ SaveModel = Callable[[Path, dict], None]
 class TrainingTask:
     """What differs between finetuning an SNN and training an ANN.
 
-    ``model`` is the plain module on the run's device, ``parameters`` the ones that learn,
+    ``model`` is the plain module on the run's device, ``parameters`` the ones that learn (or
+    optimiser parameter groups: dicts with ``params`` and an ``lr_scale``),
     ``save`` writes the model file (SNN or ANN format) with the training facts, and ``teacher``
     is the network the distill regularizer learns from (None: the model as loaded).
     """
 
     model: nn.Module
-    parameters: list[nn.Parameter]
+    parameters: list[nn.Parameter] | list[dict]
     save: SaveModel
     teacher: nn.Module | None = None
 
@@ -130,6 +131,7 @@ class _Run:
         self.train_set, self.val_set = train_set, val_set
         self.out_dir = Path(config.out_dir)
         self.objective = config.build_objective()
+        self.objective.setup(task.model, task.teacher)
         self.regularizers = [get_regularizer(spec) for spec in config.regularizers]
         for regularizer in self.regularizers:
             regularizer.setup(task.model, task.teacher)
@@ -274,9 +276,13 @@ class _Run:
             tqdm.write(_summary(record, progress["best_epoch"] == epoch + 1))
 
 
-def _optimizer(parameters: list[nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
+def _optimizer(parameters: list, config: RunConfig) -> torch.optim.Optimizer:
+    """The optimiser at ``config.lr``; a parameter group ``{"params": ..., "lr_scale": s}``
+    learns at ``s * lr`` (and follows the schedule in proportion)."""
     if not parameters:
         raise ConvertSNNError("no parameters to train; check --train")
+    if isinstance(parameters[0], dict):
+        parameters = [{"params": g["params"], "lr": config.lr * g["lr_scale"]} for g in parameters]
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(

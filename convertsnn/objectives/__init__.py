@@ -6,11 +6,13 @@ subclass of :class:`Objective` and importing it here.
 """
 
 from convertsnn.objectives import (  # noqa: F401  (register)
+    ard,
     distill,
     mart,
     mppd,
     natural,
     pgd_at,
+    rslad,
     rssnn,
     sparsity,
     trades,

@@ -74,16 +74,22 @@ class Objective:
         beta: weight of the robust term; default :attr:`default_beta` (objectives without one
             reject it).
         random_start: start the inner attack from a random point near ``x``.
+        temperature: distillation temperature; default :attr:`default_temperature` (objectives
+            without one reject it).
 
     Subclasses set ``name``/``default_beta`` and write :meth:`attack` and :meth:`loss` (and
-    :meth:`step_size` where the method fixes the step).
+    :meth:`step_size` where the method fixes the step). Objectives that learn from the SNN's
+    source ANN set ``needs_teacher`` and receive it in :meth:`setup`.
     """
 
     name: ClassVar[str] = ""
     default_beta: ClassVar[float | None] = None
     default_steps: ClassVar[int] = 10
+    default_temperature: ClassVar[float | None] = None
     gradient_attack: ClassVar[bool] = True
     """False for objectives whose inner attack takes no gradient (no gradient mode applies)."""
+    needs_teacher: ClassVar[bool] = False
+    """True for objectives that distil the source ANN (set up by :meth:`setup`)."""
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class Objective:
         alpha: float | None = None,
         beta: float | None = None,
         random_start: bool = True,
+        temperature: float | None = None,
     ) -> None:
         if not eps >= 0:
             raise ConvertSNNError(f"eps must be at least 0, got {eps}")
@@ -104,12 +111,23 @@ class Objective:
             raise ConvertSNNError(f"objective '{self.name}' has no beta; leave it out")
         if beta is not None and not beta >= 0:
             raise ConvertSNNError(f"beta must be at least 0, got {beta}")
+        if temperature is not None and self.default_temperature is None:
+            raise ConvertSNNError(f"objective '{self.name}' has no temperature; leave it out")
+        if temperature is not None and not temperature > 0:
+            raise ConvertSNNError(f"temperature must be positive, got {temperature}")
         self.eps = float(eps)
         self.steps = int(steps)
         self.alpha = self.step_size(alpha)
         self.beta = self.default_beta if beta is None else float(beta)
         self.random_start = bool(random_start)
+        self.temperature = self.default_temperature if temperature is None else float(temperature)
         self.inner_gradient = None  # an InnerGradient (attack_gradient.py); None: the model's own
+
+    def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
+        """Called once with the model as loaded, before training (as
+        :meth:`Regularizer.setup <convertsnn.objectives.regularizers.Regularizer.setup>`);
+        ``teacher`` is the SNN file whose source ANN teaches, when not the model's own.
+        Nothing by default."""
 
     def step_size(self, alpha: float | None) -> float:
         """The inner step size: ``alpha``, or the method's default when None (here
@@ -149,6 +167,7 @@ class Objective:
             "alpha": self.alpha,
             "beta": self.beta,
             "random_start": self.random_start,
+            "temperature": self.temperature,
             "attack_gradient": str(self.inner_gradient or "native"),
         }
 

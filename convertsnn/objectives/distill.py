@@ -1,4 +1,8 @@
-"""Distillation from the source ANN, for noise training (seed 002: Wu et al., ACM MM 2024).
+"""Distillation from the source ANN: the teacher, the ``distill`` regularizer and the base of
+the robust distillation objectives (:mod:`~convertsnn.objectives.ard`,
+:mod:`~convertsnn.objectives.rslad`).
+
+The regularizer is for noise training (seed 002: Wu et al., ACM MM 2024).
 
 Randomised smoothing coding costs clean accuracy; RSC recovers part of it by distilling the
 pretrained ANN into the noise-coded SNN. The teacher here is the source-ANN view of the SNN
@@ -23,7 +27,7 @@ import torch
 from torch import nn
 
 from convertsnn.errors import ConvertSNNError
-from convertsnn.objectives.base import ObjectiveOutput, kl_divergence, plain_module
+from convertsnn.objectives.base import Objective, ObjectiveOutput, kl_divergence, plain_module
 from convertsnn.objectives.regularizers import Regularizer, register_regularizer
 from convertsnn.snn.encoding import DirectEncoder
 from convertsnn.snn.network import SpikingNetwork
@@ -44,6 +48,58 @@ def frozen_source_ann(snn: SpikingNetwork) -> SpikingNetwork:
     return teacher
 
 
+def source_teacher(model: nn.Module, teacher: nn.Module | None, user: str) -> SpikingNetwork:
+    """The frozen source ANN that ``user`` (e.g. "the distill regularizer") learns from: that
+    of ``teacher`` when given, else that of ``model``, which must be a spiking network."""
+    snn = plain_module(model)
+    if not isinstance(snn, SpikingNetwork):
+        raise ConvertSNNError(
+            f"{user} distils a source ANN into a spiking network; use it with `convertsnn finetune`"
+        )
+    return frozen_source_ann(snn if teacher is None else teacher)
+
+
+class DistillationObjective(Objective):
+    """An objective that learns from the frozen source ANN ``self.teacher``.
+
+    ``beta`` (in [0, 1]) weights the adversarial term, ``1 - beta`` the clean one. The source
+    must be a converted file that was not finetuned: a finetuned file's ANN view is no longer
+    the robust source ANN (pass the converted file as ``teacher``).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0 <= self.beta <= 1:
+            raise ConvertSNNError(
+                f"objective '{self.name}' weights its adversarial term by beta and its clean "
+                f"term by 1 - beta: beta must be in [0, 1], got {self.beta:g}"
+            )
+        self.teacher: SpikingNetwork | None = None
+
+    def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
+        source = plain_module(model) if teacher is None else teacher
+        if isinstance(source, SpikingNetwork) and "finetune" in source.metadata:
+            which = "the model" if teacher is None else "the teacher file"
+            raise ConvertSNNError(
+                f"objective '{self.name}' distils the source ANN, but {which} was finetuned "
+                "before, so its ANN view is no longer the source ANN; pass the converted SNN "
+                "file as --teacher"
+            )
+        self.teacher = source_teacher(model, teacher, f"objective '{self.name}'")
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        if self.teacher is None:
+            self.setup(model)
+        return super().__call__(model, x, y)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The source ANN's logits on ``x`` (no gradients)."""
+        with torch.no_grad():
+            return self.teacher(x)
+
+
 @register_regularizer
 class SourceDistillation(Regularizer):
     """``mean_B KL(softmax(teacher(x)) || softmax(model(x)))`` with the frozen source ANN."""
@@ -57,13 +113,7 @@ class SourceDistillation(Regularizer):
         self.teacher: SpikingNetwork | None = None
 
     def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
-        snn = plain_module(model)
-        if not isinstance(snn, SpikingNetwork):
-            raise ConvertSNNError(
-                "the distill regularizer distils a source ANN into a spiking network; "
-                "use it with `convertsnn finetune`"
-            )
-        self.teacher = frozen_source_ann(snn if teacher is None else teacher)
+        self.teacher = source_teacher(model, teacher, "the distill regularizer")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput
