@@ -142,6 +142,11 @@ def measure_snn(snn, x, y, eps: float, args, ann_adv: torch.Tensor) -> dict:
     }
 
 
+def entry_key(name: str, args: argparse.Namespace) -> str:
+    """Where a model's results go: one entry per model, suite and number of images."""
+    return f"{name} ({args.suite} suite, {args.images} images)"
+
+
 def benchmark_model(
     name: str, args: argparse.Namespace, document: dict, command: str, save
 ) -> None:
@@ -154,9 +159,10 @@ def benchmark_model(
                 "suite": args.suite, "calibrations": args.calibrations,
                 "calib_images": args.calib_images, "select_images": args.select_images,
                 "seed": args.seed}  # fmt: skip
-    entry = document["models"].get(name)
+    key = entry_key(name, args)
+    entry = document["models"].get(key)
     if entry is None or entry["settings"] != settings:
-        entry = document["models"][name] = {"settings": settings, "rows": {}, "fidelity": {}}
+        entry = document["models"][key] = {"settings": settings, "rows": {}, "fidelity": {}}
     entry["command"] = command
     entry.setdefault("fidelity", {})
     ann = load_ann(source, arch=arch, preprocessing=preprocessing).model.eval()
@@ -165,7 +171,7 @@ def benchmark_model(
     x, y = images(test, args.images)
     calib = DataLoader(train.subset(0, args.calib_images), batch_size=128)
     x_sel, y_sel = images(train, args.select_images, args.calib_images)
-    cache = args.cache_dir / name
+    cache = args.cache_dir / f"{name}_{args.suite}_{args.images}"
     cache.mkdir(parents=True, exist_ok=True)
     ann_adv_file = cache / "ann_adv.pt"
     if "ann" not in entry or not ann_adv_file.exists():
@@ -189,12 +195,12 @@ def benchmark_model(
               f"transfer {row['transfer']:.3f} ({row['seconds']:.0f} s)")  # fmt: skip
         save()
     for spec in args.fidelity_calibrations.split(",") if args.fidelity_calibrations else ():
-        key = f"{spec} T={args.fidelity_t}"
-        if key in entry["fidelity"]:
+        label = f"{spec} T={args.fidelity_t}"
+        if label in entry["fidelity"]:
             continue
         snn, facts = converted(ann, calib, args.fidelity_t, spec, x, y, x_sel, y_sel)
-        row = entry["fidelity"][key] = {**facts, **measure_snn(snn, x, y, eps, args, ann_adv)}
-        print(f"{name} {key}: clean {row['clean']:.3f} robust {row['robust']:.3f}")
+        row = entry["fidelity"][label] = {**facts, **measure_snn(snn, x, y, eps, args, ann_adv)}
+        print(f"{name} {label}: clean {row['clean']:.3f} robust {row['robust']:.3f}")
         save()
 
 
@@ -329,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     document["versions"] = package_versions()
 
-    owned = [] if args.report_only else args.models
+    owned = [] if args.report_only else [entry_key(name, args) for name in args.models]
 
     def save() -> None:
         """Write the results, keeping the entries of the models that other runs measure."""
