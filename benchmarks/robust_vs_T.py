@@ -126,15 +126,24 @@ def converted(ann, calib, steps: int, spec: str, x, y, x_sel, y_sel):
     return snn, facts
 
 
+def random_control(snn, x: torch.Tensor, eps: float, seed: int) -> dict:
+    """Per-layer perturbations of random corners of the eps-ball (the attack's budget, no
+    attack): how much of an adversarial perturbation's growth any perturbation gets."""
+    signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(seed))
+    return perturbation_rows(snn, x, (x + eps * (2 * signs - 1)).clamp(0, 1))
+
+
 def measure_snn(snn, x, y, eps: float, args, ann_adv: torch.Tensor) -> dict:
-    """The suite on ``snn``, its accuracy on the ANN's adversarial images, and the per-layer
-    perturbations of both sets of adversarial images."""
+    """The suite on ``snn``, its accuracy on the ANN's adversarial images, the per-layer
+    perturbations of both sets of adversarial images and of random ones, and the clean
+    conversion error."""
     summary, snn_adv = suite_result(args.suite, snn, x, y, eps, args.seed)
     return {
         **summary,
         "transfer": accuracy(snn, ann_adv, y),
         "perturbation_snn_adv": perturbation_rows(snn, x, snn_adv),
         "perturbation_ann_adv": perturbation_rows(snn, x, ann_adv),
+        "perturbation_random": random_control(snn, x, eps, args.seed),
         "conversion_error": {
             "images": len(x),
             "layers": [r.to_dict() for r in layer_perturbations(snn, x, x)],
@@ -182,7 +191,13 @@ def benchmark_model(
     ann_adv = torch.load(ann_adv_file, weights_only=True)
     print(f"{name} ANN: clean {entry['ann']['clean']:.3f} robust {entry['ann']['robust']:.3f}")
     for steps in map(int, args.timesteps.split(",")):
-        if str(steps) in entry["rows"]:
+        row = entry["rows"].get(str(steps))
+        if row is not None and "perturbation_random" not in row:  # measured before the control
+            snn, facts = converted(ann, calib, steps, row["calibration"], x, y, x_sel, y_sel)
+            assert facts["clean"] == row["clean"], "the conversion is not reproducible"
+            row["perturbation_random"] = random_control(snn, x, eps, args.seed)
+            save()
+        if row is not None:
             continue
         candidates, snns = {}, {}
         for spec in args.calibrations.split(","):
@@ -258,8 +273,10 @@ def markdown(document: dict) -> str:
         out += [format_table(header, lines, markdown=True), ""]
         for key, what in (("perturbation_snn_adv", "the images the suite broke on the SNN"),
                           ("perturbation_ann_adv", "the images the suite broke on the ANN "
-                           "(transferred; the same images at every T)")):  # fmt: skip
-            columns = [(label, row[key]) for label, row in settings_rows(entry)]
+                           "(transferred; the same images at every T)"),
+                          ("perturbation_random", "random corners of the eps-ball (every test "
+                           "image; the same budget without an attack)")):  # fmt: skip
+            columns = [(label, row[key]) for label, row in settings_rows(entry) if key in row]
             out += [f"Growth `snn / ann` of the relative perturbation per layer, on {what}; "
                     "`snn` = `||r(x') - r(x)|| / ||r(x)||` of the SNN's time-averaged output, "
                     "`ann` the same for the source ANN's activation:", "",
