@@ -291,6 +291,8 @@ def markdown(document: dict) -> str:
 
 
 def plot(document: dict, path: Path) -> None:
+    """Per model: accuracy vs T; per-layer growth; per-layer conversion error next to the
+    SNN's change under random noise; robust accuracy against the logits' conversion error."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,8 +301,8 @@ def plot(document: dict, path: Path) -> None:
     models = [(n, e) for n, e in document["models"].items() if e.get("rows")]
     if not models:
         return
-    fig, axes = plt.subplots(len(models), 3, figsize=(15, 4 * len(models)), squeeze=False)
-    for (name, entry), (acc, growth, quant) in zip(models, axes, strict=True):
+    fig, axes = plt.subplots(len(models), 4, figsize=(20, 4 * len(models)), squeeze=False)
+    for (name, entry), (acc, growth, quant, trade) in zip(models, axes, strict=True):
         rows = sorted(entry["rows"].items(), key=lambda kv: int(kv[0]))
         ts = [int(t) for t, _ in rows]
         acc.plot(ts, [100 * r["robust"] for _, r in rows], "o-", color="C3", label="SNN robust")
@@ -310,13 +312,14 @@ def plot(document: dict, path: Path) -> None:
         acc.axhline(100 * entry["ann"]["robust"], color="C3", ls=":", label="ANN robust")
         acc.axhline(100 * entry["ann"]["clean"], color="C0", ls=":", label="ANN clean")
         acc.set_xscale("log", base=2)
-        acc.set(xlabel="T", ylabel="accuracy %", xticks=ts,
-                title=f"{name} ({entry['settings']['suite']} suite)")  # fmt: skip
+        acc.set(xlabel="T", ylabel="accuracy %", xticks=ts, title=name)
         acc.set_xticklabels([str(t) for t in ts])
         acc.minorticks_off()
-        for key, row in entry.get("fidelity", {}).items():
+        fidelity = entry.get("fidelity", {})
+        for i, (key, row) in enumerate(fidelity.items()):
             spec, _, steps = key.rpartition(" T=")
-            acc.plot([int(steps)], [100 * row["robust"]], "s", mfc="none", label=f"robust, {spec}")
+            acc.plot([int(steps)], [100 * row["robust"]], "s", mfc="none", color=f"C{4 + i}",
+                     label=f"SNN robust, {spec}")  # fmt: skip
         acc.legend(fontsize=7)
         names: list[str] = []
         for i, (steps, row) in enumerate(rows):
@@ -329,16 +332,32 @@ def plot(document: dict, path: Path) -> None:
             error = row["conversion_error"]["layers"]
             quant.plot(range(len(error)), [r["quantisation"] for r in error], "o-",
                        color=f"C{i}", label=f"T={steps}")  # fmt: skip
+            noise = row["perturbation_random"]["layers"]
+            quant.plot(range(len(noise)), [r["snn"] for r in noise], "x:", color=f"C{i}")
         for ax, label in ((growth, "perturbation growth snn / ann"),
-                          (quant, "clean conversion error")):  # fmt: skip
+                          (quant, "relative error / change")):  # fmt: skip
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
             ax.set(ylabel=label, yscale="log")
             ax.legend(fontsize=7)
-        growth.set_title("ANN's adv. images (solid), SNN's own (dashed)", fontsize=9)
+        growth.set_title("on the ANN's adv. images (solid), the SNN's own (dashed)", fontsize=9)
         growth.axhline(1, color="k", lw=0.5)
+        quant.set_title("clean conversion error (solid), SNN's change under random "
+                        "eps-noise (dotted)", fontsize=9)  # fmt: skip
+        settings = [(f"T={t}", r, "o") for t, r in rows]
+        settings += [(k.replace(" T=", "\nT="), r, "s") for k, r in fidelity.items()]
+        for label, row, marker in settings:
+            error = row["conversion_error"]["layers"][-1]["quantisation"]
+            trade.plot([error], [100 * row["robust"]], marker, color="C3", mfc="none")
+            trade.annotate(label, (error, 100 * row["robust"]), fontsize=7,
+                           textcoords="offset points", xytext=(4, 2))  # fmt: skip
+        trade.axhline(100 * entry["ann"]["robust"], color="C3", ls=":", label="ANN robust")
+        trade.set(xlabel="clean conversion error of the logits", ylabel="SNN robust accuracy %",
+                  title="robust accuracy vs fidelity (T sweep: o, calibrations: s)")  # fmt: skip
+        trade.title.set_fontsize(9)
+        trade.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
