@@ -1,26 +1,27 @@
 """Where robustness is lost in conversion: robust accuracy of a robust ANN's SNN over T, and the
 per-layer growth of adversarial perturbations (issue 15, part 1).
 
-For each model (--models): the ANN's clean and robust accuracy under an evaluation suite, then
-for each T (--timesteps) the SNN converted with each training-free calibration of
---calibrations; the one that classifies the most held-out *training* images correctly (the
+For each model (--models): the ANN's clean and robust accuracy under an evaluation suite
+(--suite), then for each T (--timesteps) the SNN converted with each training-free calibration
+of --calibrations; the one that classifies the most held-out *training* images correctly (the
 --select-images after the calibration images; never a test image) is attacked with the same
-suite. Per T the script records
+suite. Then, at --fidelity-t, the SNNs of --fidelity-calibrations (more or less faithful
+conversions at one T). For every attacked SNN the script records
 
-- clean and robust accuracy of the SNN, and its accuracy on the ANN's adversarial images
-  (transfer);
+- clean and robust accuracy, and the accuracy on the ANN's adversarial images (transfer);
 - per spiking layer (:func:`convertsnn.eval.perturbation.layer_perturbations`) the relative
-  perturbation of the SNN's time-averaged output next to the source ANN's activation, and the
-  clean conversion error, for the images the suite broke on the SNN, and for the images it broke
-  on the ANN (transferred).
+  perturbation of the SNN's time-averaged output next to the source ANN's activation, on the
+  images the suite broke on the SNN, on those it broke on the ANN (transferred), and on random
+  corners of the eps-ball (a control without an attack); and the clean conversion error.
 
 Models: ``resnet2b`` (the VNN-COMP PGD ResNet-2B of --models-dir on the lossless CIFAR-10
 images, eps 2/255), ``fmnist`` (--fmnist-ann, a PGD-trained ``convertsnn train`` ANN on
 Fashion-MNIST, eps 0.1), ``mnist-demo`` (the shipped MNIST demo ANN on MNIST, eps 0.1).
-Rows are saved as they finish; a rerun with the same settings skips them.
+Results go to one entry per model, suite and number of images; rows are saved as they finish
+and a rerun with the same settings skips them.
 
-    OMP_NUM_THREADS=1 python benchmarks/robust_vs_T.py --models fmnist --images 200 \
-        --suite standard
+    OMP_NUM_THREADS=1 python benchmarks/robust_vs_T.py --models resnet2b --images 100 \
+        --timesteps 4,8,16,32 --data-dir ../shared/data --models-dir ../shared/models
 
 Writes benchmarks/results/robust_vs_T.{json,md,png}.
 """
@@ -191,13 +192,7 @@ def benchmark_model(
     ann_adv = torch.load(ann_adv_file, weights_only=True)
     print(f"{name} ANN: clean {entry['ann']['clean']:.3f} robust {entry['ann']['robust']:.3f}")
     for steps in map(int, args.timesteps.split(",")):
-        row = entry["rows"].get(str(steps))
-        if row is not None and "perturbation_random" not in row:  # measured before the control
-            snn, facts = converted(ann, calib, steps, row["calibration"], x, y, x_sel, y_sel)
-            assert facts["clean"] == row["clean"], "the conversion is not reproducible"
-            row["perturbation_random"] = random_control(snn, x, eps, args.seed)
-            save()
-        if row is not None:
+        if str(steps) in entry["rows"]:
             continue
         candidates, snns = {}, {}
         for spec in args.calibrations.split(","):
@@ -276,7 +271,7 @@ def markdown(document: dict) -> str:
                            "(transferred; the same images at every T)"),
                           ("perturbation_random", "random corners of the eps-ball (every test "
                            "image; the same budget without an attack)")):  # fmt: skip
-            columns = [(label, row[key]) for label, row in settings_rows(entry) if key in row]
+            columns = [(label, row[key]) for label, row in settings_rows(entry)]
             out += [f"Growth `snn / ann` of the relative perturbation per layer, on {what}; "
                     "`snn` = `||r(x') - r(x)|| / ||r(x)||` of the SNN's time-averaged output, "
                     "`ann` the same for the source ANN's activation:", "",
