@@ -253,7 +253,8 @@ def markdown(document: dict) -> str:
         ann = entry.get("ann")
         if ann is None:
             continue
-        lines = [["ANN", "-", pct(ann["clean"]), pct(ann["robust"]), "-", f"{ann['seconds']:.0f}"]]
+        lines = [["ANN", "-", "-", pct(ann["clean"]), pct(ann["robust"]), "-",
+                  f"{ann['seconds']:.0f}"]]  # fmt: skip
         for label, row in settings_rows(entry):
             candidates = row.get("candidates", {})
             chosen = row.get("calibration")
@@ -261,9 +262,11 @@ def markdown(document: dict) -> str:
                              if v["picked"] else "") for k, v in candidates.items())  # fmt: skip
             what = f"`{chosen}` ({what})" if chosen else (f"picked `{row['picked']}`"
                                                           if row.get("picked") else "")  # fmt: skip
-            lines.append([f"SNN {label}", what, pct(row["clean"]), pct(row["robust"]),
+            lines.append([f"SNN {label}", what, f"{mean_conversion_error(row):.3f}",
+                          pct(row["clean"]), pct(row["robust"]),
                           pct(row["transfer"]), f"{row['seconds']:.0f}"])  # fmt: skip
-        header = ["model", "calibration (clean % of each tried)", "clean %", "robust %",
+        header = ["model", "calibration (clean % of each tried)",
+                  "clean conversion error (mean over spiking layers)", "clean %", "robust %",
                   "on the ANN's adversarial images %", "suite seconds"]  # fmt: skip
         out += [format_table(header, lines, markdown=True), ""]
         for key, what in (("perturbation_snn_adv", "the images the suite broke on the SNN"),
@@ -283,6 +286,12 @@ def markdown(document: dict) -> str:
                 layer_matrix(columns, lambda r: f"{r['quantisation']:.3f}"), ""]  # fmt: skip
     out += ["![robust and clean accuracy vs T, per-layer growth](robust_vs_T.png)", ""]
     return "\n".join(out)
+
+
+def mean_conversion_error(row: dict) -> float:
+    """The clean conversion error averaged over the spiking layers (the logits left out)."""
+    layers = row["conversion_error"]["layers"][:-1]
+    return sum(r["quantisation"] for r in layers) / len(layers)
 
 
 def plot(document: dict, path: Path) -> None:
@@ -342,12 +351,13 @@ def plot(document: dict, path: Path) -> None:
         settings = [(f"T={t}", r, "o") for t, r in rows]
         settings += [(k.replace(" T=", "\nT="), r, "s") for k, r in fidelity.items()]
         for label, row, marker in settings:
-            error = row["conversion_error"]["layers"][-1]["quantisation"]
+            error = mean_conversion_error(row)
             trade.plot([error], [100 * row["robust"]], marker, color="C3", mfc="none")
             trade.annotate(label, (error, 100 * row["robust"]), fontsize=7,
                            textcoords="offset points", xytext=(4, 2))  # fmt: skip
         trade.axhline(100 * entry["ann"]["robust"], color="C3", ls=":", label="ANN robust")
-        trade.set(xlabel="clean conversion error of the logits", ylabel="SNN robust accuracy %",
+        trade.set(xlabel="clean conversion error, mean over the spiking layers",
+                  ylabel="SNN robust accuracy %",
                   title="robust accuracy vs fidelity (T sweep: o, calibrations: s)")  # fmt: skip
         trade.title.set_fontsize(9)
         trade.legend(fontsize=7)
