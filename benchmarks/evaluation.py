@@ -24,6 +24,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from convertsnn.eval.autoattack import run_autoattack
 from convertsnn.eval.report import flags_text, format_table, runs_table
 from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.sanity import run_checks
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import SUITES, native_mode, run_suite
 from convertsnn.snn.serialize import atomic_write, load_snn, package_versions
@@ -203,8 +205,9 @@ def main() -> None:
         "command": "python " + shlex.join(sys.argv), "seed": args.seed,
         "snn_command": args.snn_command,
     })  # fmt: skip
+    settings = EvalSettings(eps, eot=eot, batch_size=args.batch_size, seed=args.seed)
     entry["clean"] = float(
-        WorstCase(snn, eps, eot=eot, progress=False).run(x, y, []).correct.mean()
+        WorstCase(snn, replace(settings, progress=False)).run(x, y, []).correct.mean()
     )
     parts = entry["parts"]
     state = StateDir(Path(args.state) / args.name, {k: entry[k] for k in
@@ -219,25 +222,20 @@ def main() -> None:
 
     def pgd20():
         start = time.perf_counter()
-        result = WorstCase(snn, eps, eot=eot, batch_size=args.batch_size, seed=args.seed).run(
-            x, y, [Run.of("pgd", mode, steps=20)]
-        )
+        result = WorstCase(snn, settings).run(x, y, [Run.of("pgd", mode, steps=20)])
         return {"robust": result.robust, "seconds": time.perf_counter() - start}
 
     def suite(name):
         start = time.perf_counter()
-        result = run_suite(name, snn, x, y, eps, eot=eot, batch_size=args.batch_size,
-                           seed=args.seed, state=state.slot(name))  # fmt: skip
+        result = run_suite(name, snn, x, y, settings, state=state.slot(name))
         seconds = time.perf_counter() - start
         start = time.perf_counter()
-        result.flags = run_checks(snn, x, y, result, eot, batch_size=args.batch_size,
-                                  seed=args.seed)  # fmt: skip
+        result.flags = run_checks(snn, x, y, result, settings)
         return {**result.summary(), "seconds": seconds,
                 "sanity_seconds": time.perf_counter() - start}  # fmt: skip
 
     def autoattack():
-        return run_autoattack(snn, x, y, eps, "linf", "rand" if eot > 1 else "standard",
-                              "native", eot, args.batch_size, args.seed).summary()  # fmt: skip
+        return run_autoattack(snn, x, y, settings, "rand" if eot > 1 else "standard").summary()
 
     def pgd100():
         start = time.perf_counter()
@@ -246,8 +244,8 @@ def main() -> None:
         return {"robust": robust, "seconds": time.perf_counter() - start}
 
     def sweep(radii, timesteps):
-        rows = evaluate_robustness(snn, sweep_x, sweep_y, timesteps, radii, "quick", eot=eot,
-                                   batch_size=args.batch_size, seed=args.seed, sanity=False)  # fmt: skip
+        rows = evaluate_robustness(snn, sweep_x, sweep_y, timesteps, radii, "quick",
+                                   replace(settings, sanity=False))  # fmt: skip
         return {"rows": [vars(r) for r in rows], "robust": None, "seconds": None}
 
     jobs = {

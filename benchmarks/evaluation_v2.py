@@ -231,6 +231,7 @@ def main() -> None:
 
     from convertsnn.attacks.ensemble import Run, WorstCase
     from convertsnn.data import load_dataset
+    from convertsnn.eval.settings import EvalSettings
     from convertsnn.eval.suites import native_mode, run_suite
     from convertsnn.snn.serialize import atomic_write, load_snn
 
@@ -248,12 +249,13 @@ def main() -> None:
         rows: dict[str, tuple[torch.Tensor, float]] = {}
         torch.manual_seed(0)
         start = time.perf_counter()
-        base = WorstCase(snn, eps, batch_size=args.batch_size, progress=False)
+        settings = EvalSettings(eps, batch_size=args.batch_size, progress=False)
+        base = WorstCase(snn, settings)
         pgd = base.run(x, y, [Run.of("pgd", native_mode(snn), steps=20)])
         rows["PGD-20 [native] (cost baseline)"] = (pgd.correct > 0, time.perf_counter() - start)
         for name in args.suites:
             start = time.perf_counter()
-            result = run_suite(name, snn, x, y, eps, batch_size=args.batch_size, progress=False)
+            result = run_suite(name, snn, x, y, settings)
             rows[f"new {name}"] = (result.ensemble.correct > 0, time.perf_counter() - start)
         if args.old_suites:
             rows.update(old_suites(old_rev, args.snn, snn.timesteps, x, y, eps, args.old_suites))

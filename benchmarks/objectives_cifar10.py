@@ -42,6 +42,7 @@ from convertsnn.data import load_dataset
 from convertsnn.eval.certify import Certificate, plot_certified_accuracy
 from convertsnn.eval.report import format_table, write_json
 from convertsnn.eval.robustness import evaluate_robustness
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.state import StateDir
 from convertsnn.finetune import FinetuneConfig, finetune, load_recipe, select_parameters
 from convertsnn.finetune.projection import project_weights
@@ -237,8 +238,8 @@ def stage_eval(args) -> None:
         settings = {"model": name, "images": len(x), "eps": EPS, "eot": eot}
         state = StateDir(args.work / "eval_state" / name, settings)
         row = evaluate_robustness(snn, x, y, [snn.timesteps], [EPS], "standard",
-                                  include_ann=False, eot=eot, state=state,
-                                  progress=False)[0]  # fmt: skip
+                                  EvalSettings(eot=eot, progress=False), include_ann=False,
+                                  state=state)[0]  # fmt: skip
         detail = next(iter(row.details.values()))
         result = {**settings, "encoder": str(snn.encoder), "clean": row.clean, "noise": noise,
                   "robust": detail["robust"], "flags": detail["flags"],

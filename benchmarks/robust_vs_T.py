@@ -21,7 +21,7 @@ Results go to one entry per model, suite and number of images; rows are saved as
 and a rerun with the same settings skips them.
 
     OMP_NUM_THREADS=1 python benchmarks/robust_vs_T.py --models resnet2b --images 100 \
-        --timesteps 4,8,16,32 --data-dir ../shared/data --models-dir ../shared/models
+        --timesteps 4,8,16,32,64 --data-dir ../shared/data --models-dir ../shared/models
 
 Writes benchmarks/results/robust_vs_T.{json,md,png}.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from convertsnn.convert import convert
 from convertsnn.data import load_dataset
 from convertsnn.eval.perturbation import layer_perturbations
 from convertsnn.eval.report import format_table, write_json
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import get_suite, run_suite
 from convertsnn.importers import Preprocessing, load_ann
 from convertsnn.snn.serialize import atomic_write, package_versions
@@ -107,7 +109,7 @@ def perturbation_rows(snn, x, x_adv) -> dict:
 
 def suite_result(suite: str, model, x, y, eps: float, seed: int) -> tuple[dict, torch.Tensor]:
     torch.manual_seed(seed)
-    result = run_suite(suite, model, x, y, eps, seed=seed, progress=False)
+    result = run_suite(suite, model, x, y, EvalSettings(eps=eps, seed=seed, progress=False))
     summary = {"robust": result.robust, "seconds": result.seconds,
                "runs": [{"run": r.label, "attacked": r.attacked, "broke": r.lowered}
                         for r in result.ensemble.records]}  # fmt: skip
@@ -147,7 +149,10 @@ def measure_snn(snn, x, y, eps: float, args, ann_adv: torch.Tensor) -> dict:
         "perturbation_random": random_control(snn, x, eps, args.seed),
         "conversion_error": {
             "images": len(x),
-            "layers": [r.to_dict() for r in layer_perturbations(snn, x, x)],
+            "layers": [
+                {"layer": r.layer, "quantisation": r.quantisation}
+                for r in layer_perturbations(snn, x, x)
+            ],
         },
     }
 
@@ -390,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(document, args.out.with_suffix(".png"))
 
     if not args.report_only:
-        command = "OMP_NUM_THREADS=1 python benchmarks/robust_vs_T.py " + " ".join(
+        command = "OMP_NUM_THREADS=1 python benchmarks/robust_vs_T.py " + shlex.join(
             sys.argv[1:] if argv is None else argv
         )
         for name in args.models:

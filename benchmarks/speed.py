@@ -56,6 +56,7 @@ from convertsnn.attacks import PGD
 from convertsnn.attacks.base import frozen_parameters
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import write_json
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import run_suite
 from convertsnn.importers import Preprocessing, load_ann
 from convertsnn.snn.network import SpikingNetwork
@@ -290,7 +291,7 @@ def costs(args, snn: SpikingNetwork, device: torch.device) -> dict:
     x, y = x[correct][: args.suite_images], y[correct][: args.suite_images]
     eps = args.suite_eps
     start = time.perf_counter()
-    suite = run_suite("quick", snn, x, y, eps, progress=False)
+    suite = run_suite("quick", snn, x, y, EvalSettings(eps, progress=False))
     suite_seconds = time.perf_counter() - start
     start = time.perf_counter()
     attack = PGD(snn, eps, steps=20)

@@ -5,6 +5,7 @@ from torch import nn
 from convertsnn import convert
 from convertsnn.attacks import FGSM, PGD
 from convertsnn.attacks.base import frozen_parameters
+from convertsnn.attacks.restarts import RestartingAttack
 from convertsnn.errors import ConvertSNNError
 
 
@@ -100,3 +101,35 @@ def test_parameters_are_frozen_while_an_attack_runs(snn, images):
         frozen_grad = attack.gradient(images, y)[0]
     assert torch.allclose(frozen_grad, learning_grad, atol=1e-6)
     assert frozen_run.shape == images.shape
+
+
+class ScriptedRuns(RestartingAttack):
+    """Run r fools the samples (identified by their first pixel) listed in ``script[r]`` and
+    returns points filled with r + 1."""
+
+    def __init__(self, script: list[set[int]], on_survivors: bool) -> None:
+        super().__init__(nn.Flatten(), eps=0.1, restarts=len(script))
+        self.script, self.on_survivors, self.seen = script, on_survivors, []
+
+    def run(self, x, y, target):
+        run = len(self.seen)
+        self.seen.append(x[:, 0, 0, 0].long().tolist())
+        fooled = torch.tensor([i in self.script[run] for i in self.seen[-1]], dtype=torch.bool)
+        return torch.full_like(x, run + 1.0), fooled
+
+
+@pytest.mark.parametrize("on_survivors", [True, False])
+def test_restarts_keep_each_samples_first_break(on_survivors):
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 2).clone()
+    attack = ScriptedRuns([{0}, {0, 1}, {2}, {3}], on_survivors)
+    best = attack.perturb(x, torch.zeros(4, dtype=torch.long))
+    # sample 0 keeps run 1's point, 1 run 2's, 2 run 3's; 3 breaks in run 4
+    assert best[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    expected = [[0, 1, 2, 3], [1, 2, 3], [2, 3], [3]] if on_survivors else [[0, 1, 2, 3]] * 4
+    assert attack.seen == expected
+
+
+def test_restarts_stop_once_every_sample_is_broken():
+    attack = ScriptedRuns([{0, 1}, {0, 1}], on_survivors=False)
+    attack.perturb(torch.arange(2.0).view(2, 1, 1, 1), torch.zeros(2, dtype=torch.long))
+    assert len(attack.seen) == 1

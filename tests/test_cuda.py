@@ -113,12 +113,13 @@ def test_autoattack_runs_on_cuda(mnist):
     """pyautoattack on the GPU SNN (T=2 and eps 0.3 keep it short: APGD-CE breaks most images,
     the later attacks run only on what survives)."""
     from convertsnn.eval.autoattack import run_autoattack
+    from convertsnn.eval.settings import EvalSettings
 
     path, data = mnist
     snn = load_snn(path, "cuda").eval()
     snn.timesteps = 2
     x, y = next(iter(DataLoader(load_dataset(str(data), "test"), batch_size=4)))
-    result = run_autoattack(snn, x.cuda(), y.cuda(), eps=0.3)
+    result = run_autoattack(snn, x.cuda(), y.cuda(), EvalSettings(0.3))
     assert result.correct.device.type == "cuda" and 0 <= result.robust <= 1
 
 

@@ -14,6 +14,7 @@ from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.rescale import rescaled
 from convertsnn.eval.sanity import run_checks
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import S001, Stage, Suite, run_suite
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import load_snn
@@ -21,6 +22,8 @@ from convertsnn.snn.serialize import load_snn
 ZOO = Path(__file__).resolve().parents[1] / "model_zoo" / "mnist_cnn_pgd_snn_t8.safetensors"
 SAMPLE = Path(__file__).resolve().parents[1] / "convertsnn" / "assets" / "mnist_sample.npz"
 EPS = 0.15  # the demo model at T=4 keeps about half of these images at this radius
+AT_EPS = EvalSettings(EPS, progress=False)
+QUIET = EvalSettings(8 / 255, progress=False)
 
 
 @pytest.fixture
@@ -52,11 +55,11 @@ def scale_first_layer(snn: SpikingNetwork, factor: float) -> SpikingNetwork:
 @pytest.mark.parametrize("factor", [1e-3, 1e4])
 def test_suite_numbers_do_not_depend_on_how_the_model_is_written(mnist, factor):
     x, y = mnist
-    reference = run_suite("quick", demo_snn(), x, y, EPS, progress=False)
+    reference = run_suite("quick", demo_snn(), x, y, AT_EPS)
     scaled = scale_first_layer(demo_snn(), factor)
     with torch.no_grad():
         assert torch.allclose(scaled(x), demo_snn()(x), atol=1e-3)
-    result = run_suite("quick", scaled, x, y, EPS, progress=False)
+    result = run_suite("quick", scaled, x, y, AT_EPS)
     assert 0 < reference.robust < 1
     assert result.robust == reference.robust
     assert [r.lowered for r in result.ensemble.records] == \
@@ -78,9 +81,9 @@ def test_rescaled_context_keeps_the_function_and_restores_the_model(mnist):
 
 
 def suite_and_flags(snn, x, y):
-    result = run_suite("quick", snn, x, y, EPS, progress=False)
-    flags = {f.check: f for f in run_checks(snn, x, y, result, probe_samples=16,
-                                            reparametrisation_samples=12)}  # fmt: skip
+    result = run_suite("quick", snn, x, y, AT_EPS)
+    flags = {f.check: f for f in run_checks(snn, x, y, result, EvalSettings(
+        check_samples=16, reparametrisation_samples=12))}  # fmt: skip
     return result, flags
 
 
@@ -118,9 +121,9 @@ def test_planted_input_quantisation_is_flagged(mnist):
     x, y = mnist
     masked = demo_snn()
     masked.body = nn.Sequential(Quantise(), masked.body)
-    result = run_suite("quick", masked, x, y, EPS, progress=False)
-    flags = {f.check: f for f in run_checks(masked, x, y, result, probe_samples=16,
-                                            reparametrisation_samples=0)}  # fmt: skip
+    result = run_suite("quick", masked, x, y, AT_EPS)
+    flags = {f.check: f for f in run_checks(masked, x, y, result, EvalSettings(
+        check_samples=16, reparametrisation_samples=0))}  # fmt: skip
     assert flags["gradients"].raised and "every gradient mode" in flags["gradients"].message
 
 
@@ -129,7 +132,7 @@ def test_families_keep_their_own_worst_case(mnist):
     snn = demo_snn()
     suite = Suite("fam", "", ("bptt:sigmoid:20:detach", "bptr"), (), False,
                   (Stage("fgsm"), Stage("pgd", {"steps": 3})), families=True, more_steps=0)  # fmt: skip
-    result = run_suite(suite, snn, x, y, EPS, progress=False)
+    result = run_suite(suite, snn, x, y, AT_EPS)
     groups = result.ensemble.groups
     assert list(groups) == ["fgsm", "pgd-3"]
     assert torch.equal(result.ensemble.correct, torch.minimum(*groups.values()))
@@ -216,10 +219,12 @@ def test_non_finite_gradients_are_counted_flagged_and_not_passed_on(images):
     model = Broken()
     y = linear(images).argmax(1)
     suite = Suite("nan", "", ("native",), (), False, (Stage("pgd", {"steps": 3}),), more_steps=0)
-    result = run_suite(suite, model, images, y, 8 / 255, progress=False)
+    result = run_suite(suite, model, images, y, QUIET)
     assert torch.isfinite(result.ensemble.x_adv).all()
     assert result.ensemble.records[0].gradients["nonfinite"] > 0
-    flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=8)}
+    flags = {
+        f.check: f for f in run_checks(model, images, y, result, EvalSettings(check_samples=8))
+    }
     assert flags["gradients"].raised and "non-finite" in flags["gradients"].message
 
 
@@ -229,6 +234,6 @@ def test_suites_that_cannot_run_on_a_model_stop_before_attacking(images, name):
     three_classes = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 3)).eval()
     y = three_classes(images).argmax(1)
     with pytest.raises(ConvertSNNError, match="at least 4 classes") as err:
-        run_suite(name, three_classes, images, y, 8 / 255, progress=False)
+        run_suite(name, three_classes, images, y, QUIET)
     assert "\n" not in str(err.value)
-    assert run_suite("quick", three_classes, images, y, 8 / 255, progress=False).robust < 1
+    assert run_suite("quick", three_classes, images, y, QUIET).robust < 1

@@ -12,6 +12,7 @@ from convertsnn.eval.sanity import (
     check_gradients,
     run_checks,
 )
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import Stage, Suite, run_suite
 from convertsnn.snn.encoding import parse_encoder
 
@@ -40,10 +41,12 @@ WHITE_THEN_BLACK = Suite(
 def test_planted_gradient_masking_is_flagged_and_square_breaks_it(images):
     model = StaircaseLinear().eval()
     y = model(images).argmax(1)
-    result = run_suite(WHITE_THEN_BLACK, model, images, y, eps=16 / 255, progress=False)
+    result = run_suite(WHITE_THEN_BLACK, model, images, y, EvalSettings(16 / 255, progress=False))
     records = result.ensemble.records
     white_after = records[1].robust_after
-    flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=32)}
+    flags = {
+        f.check: f for f in run_checks(model, images, y, result, EvalSettings(check_samples=32))
+    }
     assert flags["gradients"].raised and "masked" in flags["gradients"].message
     assert flags["black-box"].raised
     assert records[2].lowered > 0.3 * len(images)  # Square finds the weakness ...
@@ -56,8 +59,8 @@ def test_checks_on_a_spiking_network(tiny_resnet, images):
     y = snn(images).argmax(1)
     suite = Suite("t", "", ("native", "bptr"), (), False,
                   (Stage("pgd", {"steps": 10}), Stage("square", {"queries": 50}, "none")))  # fmt: skip
-    result = run_suite(suite, snn, images, y, eps=2 / 255, progress=False)
-    flags = {f.check: f for f in run_checks(snn, images, y, result, probe_samples=16)}
+    result = run_suite(suite, snn, images, y, EvalSettings(2 / 255, progress=False))
+    flags = {f.check: f for f in run_checks(snn, images, y, result, EvalSettings(check_samples=16))}
     assert not flags["gradients"].raised
     assert not flags["large-eps"].raised
     assert "square-50" in flags["black-box"].message
@@ -97,15 +100,15 @@ def test_sanity_checks_show_progress(tiny_resnet, images, monkeypatch):
     snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
     y = snn(images).argmax(1)
     suite = Suite("t", "", ("native",), (), False, (Stage("fgsm"),))
-    result = run_suite(suite, snn, images, y, eps=2 / 255, progress=False)
-    run_checks(snn, images, y, result, probe_samples=8, reparametrisation_samples=4)
+    result = run_suite(suite, snn, images, y, EvalSettings(2 / 255, progress=False))
+    run_checks(snn, images, y, result, EvalSettings(check_samples=8, reparametrisation_samples=4))
     (bar,) = BARS
     assert not bar.disable and bar.steps == bar.total == 3
     assert any("large-eps" in d for d in bar.descriptions)
     assert any("reparametrisation" in d for d in bar.descriptions)
     BARS.clear()
-    run_checks(snn, images, y, result, probe_samples=8, reparametrisation_samples=0,
-               progress=False)  # fmt: skip
+    run_checks(snn, images, y, result, EvalSettings(check_samples=8, reparametrisation_samples=0,
+                                                   progress=False))  # fmt: skip
     assert BARS[0].disable and BARS[0].total == 2
 
 
@@ -154,14 +157,16 @@ def test_more_steps_breaks_count_in_the_result(images):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
     y = model(images).argmax(1)
     weak = Suite("weak", "", ("native",), (), False, (Stage("pgd", {"steps": 1, "alpha": 0.001}),))
-    result = run_suite(weak, model, images, y, eps=8 / 255, progress=False)
+    result = run_suite(weak, model, images, y, EvalSettings(progress=False))
     first = result.ensemble.records[0].robust_after
-    flags = {f.check: f for f in run_checks(model, images, y, result, probe_samples=8)}
+    flags = {
+        f.check: f for f in run_checks(model, images, y, result, EvalSettings(check_samples=8))
+    }
     assert flags["more-steps"].raised and "counted" in flags["more-steps"].message
     assert result.robust < first and result.runs[-1] == Run.of("apgd-ce", steps=2)
     assert result.ensemble.records[-1].note == "more-steps check"
     assert float(result.ensemble.correct.mean()) == result.robust
-    without = run_suite(weak, model, images, y, eps=8 / 255, progress=False, more_steps=False)
+    without = run_suite(weak, model, images, y, EvalSettings(progress=False, sanity=False))
     assert without.robust == first and len(without.runs) == 1
 
 
@@ -171,7 +176,7 @@ def test_autoattack_cross_check_passes_on_its_warnings(images):
     model = StaircaseLinear().eval()
     x = images[:16]
     y = model(x).argmax(1)
-    result = run_autoattack(model, x, y, 16 / 255, version="rand")
+    result = run_autoattack(model, x, y, EvalSettings(16 / 255), version="rand")
     assert any("zero gradient" in w for w in result.warnings), result.warnings
     assert 0 <= result.robust <= 1 and result.correct.shape == (16,)
 

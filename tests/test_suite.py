@@ -12,6 +12,7 @@ from convertsnn.attacks.ensemble import Run, WorstCase
 from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import (
     FULL,
@@ -25,6 +26,7 @@ from convertsnn.eval.suites import (
     prepare_runs,
     run_suite,
 )
+from convertsnn.snn.encoding import parse_encoder
 from tests.conftest import write_npz
 
 
@@ -43,7 +45,7 @@ def test_worst_case_is_per_sample_and_only_survivors_go_on(images):
     y = model(images).argmax(1)
     y[:4] = (y[:4] + 1) % 10  # four samples are wrong from the start
     runs = [Run.of("fgsm"), Run.of("pgd", steps=10), Run.of("square", queries=50)]
-    result = WorstCase(model, 4 / 255, progress=False).run(images, y, runs)
+    result = WorstCase(model, EvalSettings(4 / 255, progress=False)).run(images, y, runs)
     fgsm, pgd, square = result.records
     assert fgsm.attacked == len(images) - 4
     assert pgd.attacked == fgsm.attacked - fgsm.lowered
@@ -59,7 +61,8 @@ def test_resume_gives_the_same_numbers(images, tmp_path):
     model = linear_model()
     y = model(images).argmax(1)
     runs = [Run.of("pgd", steps=3), Run.of("apgd-ce", steps=5)]
-    full = WorstCase(model, 2 / 255, batch_size=8, seed=3, progress=False).run(images, y, runs)
+    settings = EvalSettings(2 / 255, batch_size=8, seed=3, progress=False)
+    full = WorstCase(model, settings).run(images, y, runs)
 
     saved = []
 
@@ -72,13 +75,64 @@ def test_resume_gives_the_same_numbers(images, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        WorstCase(model, 2 / 255, batch_size=8, seed=3, checkpoint=checkpoint,
-                  progress=False).run(images, y, runs)  # fmt: skip
-    resumed = WorstCase(model, 2 / 255, batch_size=8, seed=3, progress=False).run(
-        images, y, runs, resume=saved[-1]
-    )
+        WorstCase(model, settings, checkpoint=checkpoint).run(images, y, runs)
+    resumed = WorstCase(model, settings).run(images, y, runs, resume=saved[-1])
     assert torch.equal(resumed.correct, full.correct)
+    cost = [(r.forward, r.backward) for r in full.records]
     assert [r.lowered for r in resumed.records] == [r.lowered for r in full.records]
+    assert [(r.forward, r.backward) for r in resumed.records] == cost and cost[0][0] > 0
+
+
+def test_runs_count_their_image_passes_and_time(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    runs = [Run.of("pgd", steps=20), Run.of("fgsm")]
+    settings = EvalSettings(0.5 / 255, batch_size=12, progress=False)
+    pgd, fgsm = WorstCase(model, settings).run(images, y, runs).records
+    # per image: 20 steps (forward + backward), PGD's final check, the ensemble's check
+    assert (pgd.forward, pgd.backward) == (22 * len(images), 20 * len(images))
+    assert (fgsm.forward, fgsm.backward) == (2 * fgsm.attacked, fgsm.attacked)
+    assert fgsm.attacked > 0 and pgd.seconds > 0
+    assert pgd.breaks_per_second == pgd.lowered / pgd.seconds
+
+
+def test_passes_of_the_ann_proxy_and_of_a_transfer_source_count_once(snn, images):
+    y = snn(images).argmax(1)
+    runs = [Run.of("transfer", steps=3), Run.of("fgsm", "ann")]
+    transfer, fgsm = (
+        WorstCase(snn, EvalSettings(0.5 / 255, progress=False)).run(images, y, runs).records
+    )
+    # APGD-3 on the source ANN (the SNN in ann mode: one pass, not two): 4 gradients, the check
+    assert (transfer.forward, transfer.backward) == (5 * len(images), 4 * len(images))
+    # ann mode: the proxy's forward + backward, the SNN's own forward for the loss, the check
+    assert fgsm.attacked > 0
+    assert (fgsm.forward, fgsm.backward) == (3 * fgsm.attacked, fgsm.attacked)
+
+
+def test_suite_cost_is_a_ratio_to_one_pgd20_run(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    suite = Suite("t", "", ("native",), (), False, (Stage("pgd", {"steps": 20}),), more_steps=0)
+    result = run_suite(suite, model, images, y, EvalSettings(0.5 / 255, progress=False))
+    summary = result.summary()
+    assert summary["cost"]["pgd20_passes"] == 41 * len(images)
+    assert summary["cost"]["pgd20_ratio"] == 42 / 41  # PGD-20's own passes plus the check
+    assert summary["runs"][0]["breaks_per_second"] == result.ensemble.records[0].breaks_per_second
+
+
+def test_probe_passes_count_and_survive_a_resume(snn, images, tmp_path):
+    y = snn(images).argmax(1)
+    suite = Suite("t", "", ("native", "bptr"), (), True, (Stage("fgsm", modes="top:1"),),
+                  more_steps=0)  # fmt: skip
+    state = StateDir(tmp_path / "state", {})
+    settings = EvalSettings(2 / 255, probe_samples=8, progress=False)
+    first = run_suite(suite, snn, images, y, settings, state=state.slot("a", 0))
+    again = run_suite(suite, snn, images, y, settings, state=state.slot("a", 0))
+    # the probe: the clean check of all images, then in 2 modes on 8 images PGD-10 (10 steps,
+    # its final check) and the probe's look at the logits
+    assert first.probe_passes.forward == len(images) + 2 * 8 * 12
+    assert first.probe_passes.backward == 2 * 8 * 10
+    assert again.summary()["cost"] == first.summary()["cost"]
 
 
 def test_state_directory_round_trip_and_settings_check(images, tmp_path):
@@ -86,8 +140,9 @@ def test_state_directory_round_trip_and_settings_check(images, tmp_path):
     y = model(images).argmax(1)
     suite = Suite("t", "", ("native",), (), False, (Stage("pgd", {"steps": 2}),))
     state = StateDir(tmp_path / "state", {"eps": 0.01})
-    first = run_suite(suite, model, images, y, 0.01, state=state.slot("a", 0), progress=False)
-    again = run_suite(suite, model, images, y, 0.01, state=state.slot("a", 0), progress=False)
+    settings = EvalSettings(0.01, progress=False)
+    first = run_suite(suite, model, images, y, settings, state=state.slot("a", 0))
+    again = run_suite(suite, model, images, y, settings, state=state.slot("a", 0))
     assert torch.equal(first.ensemble.correct, again.ensemble.correct)
     assert again.ensemble.records[0].seconds == first.ensemble.records[0].seconds  # not rerun
     with pytest.raises(ConvertSNNError, match="other settings"):
@@ -112,7 +167,7 @@ def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
     y = snn(images).argmax(1)
     modes = candidate_modes(STANDARD, snn)
     assert modes[0] == "bptt:triangle:1" and sum(m.startswith("adaptive") for m in modes) == 3
-    runs, ranking = prepare_runs(STANDARD, snn, images, y, 8 / 255, probe_samples=8)
+    runs, ranking = prepare_runs(STANDARD, snn, images, y, EvalSettings(probe_samples=8))
     assert len(ranking) == len(modes)
     assert [(s.broken, s.loss) for s in ranking] == sorted(
         [(s.broken, s.loss) for s in ranking], reverse=True
@@ -128,7 +183,7 @@ def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):
 def test_suites_on_a_plain_classifier_use_its_own_gradient(images):
     model = linear_model()
     y = model(images).argmax(1)
-    runs, _ = prepare_runs(STANDARD, model, images, y, 8 / 255)
+    runs, _ = prepare_runs(STANDARD, model, images, y, EvalSettings())
     assert {r.mode for r in runs} == {"native"}
     assert "transfer" not in {r.attack for r in runs}
 
@@ -166,7 +221,11 @@ def test_cli_quick_suite_with_report_and_resume(snn_file, data, tmp_path):
     assert "## SNN T=4" in (report / "report.md").read_text()
     again = evaluate(*args)
     assert again.exit_code == 0, again.output
-    assert json.loads(out.read_text())["rows"][2]["robust"] == snn4["robust"]
+    resumed = json.loads(out.read_text())["rows"][2]
+    assert resumed["robust"] == snn4["robust"]
+    assert resumed["details"][f"{4 / 255:.6g}"]["cost"] == detail["cost"]
+    assert detail["cost"]["pgd20_ratio"] > 0 and "cost:" in result.output
+    assert {"seconds", "breaks_per_second", "forward", "backward"} <= set(detail["runs"][0])
     changed = evaluate(*args[:-2], "--resume", state, "--seed", "1")
     assert changed.exit_code != 0 and "other settings" in changed.output
 
@@ -219,3 +278,21 @@ def test_cli_clean_only_report(snn_file, data, tmp_path):
     result = evaluate(snn_file, "--data", data, "--report", tmp_path / "rep")
     assert result.exit_code == 0, result.output
     assert "clean accuracy only" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"eps": -1}, "eps must be >= 0"), ({"norm": "l3"}, "unknown norm"),
+     ({"eot": 0}, "at least 1"), ({"probe_samples": -1}, "must be >= 0"),
+     ({"autoattack": "plus"}, "unknown AutoAttack version")],
+)  # fmt: skip
+def test_eval_settings_refuse_bad_values_in_one_line(bad, message):
+    with pytest.raises(ConvertSNNError, match=message) as err:
+        EvalSettings(**bad)
+    assert "\n" not in str(err.value)
+
+
+def test_default_eot_follows_the_encoder(snn):
+    assert default_eot(snn) == 1 and default_eot(linear_model()) == 1
+    snn.encoder = parse_encoder("poisson")
+    assert default_eot(snn) == 20

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convertsnn.attacks.base import LOSSES, Attack
 from convertsnn.attacks.gradient_modes import GradientMode
-from convertsnn.errors import ConvertSNNError
+from convertsnn.attacks.restarts import FirstBreak, RestartingAttack
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -31,7 +30,7 @@ def checkpoints(steps: int) -> list[int]:
         marks.append(marks[-1] + interval)
 
 
-class APGD(Attack):
+class APGD(RestartingAttack):
     """APGD-CE / APGD-DLR, untargeted, L-inf or L2.
 
     Args:
@@ -59,44 +58,26 @@ class APGD(Attack):
         rho: float = 0.75,
         gradient_mode: str | GradientMode | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, eot, gradient_mode)
-        if steps < 1 or restarts < 1:
-            raise ConvertSNNError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
-        if loss not in LOSSES:
-            raise ConvertSNNError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
-        self.steps = int(steps)
-        self.loss = loss
-        self.restarts = int(restarts)
+        super().__init__(model, eps, norm, eot, gradient_mode, steps, loss, restarts)
         self.rho = float(rho)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best = x.clone()
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
-            idx = (~broken).nonzero().squeeze(1)
-            if len(idx) == 0:
-                break
-            x_adv, fooled = self.run(x[idx], y[idx], self.loss)
-            best[idx] = x_adv
-            broken[idx] = fooled
-        return best
-
     def run(
-        self, x: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None = None
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One APGD run from a random start; returns (adversarial-or-best points, fooled)."""
+        """One APGD run from a random start on ``self.loss`` (targeted at ``target`` if given);
+        returns (adversarial-or-best points, fooled)."""
+        loss = self.loss if target is None else "dlr-targeted"
         shape = (-1, *([1] * (x.dim() - 1)))
         eta = torch.full((x.shape[0],), 2 * self.eps, device=x.device)
         x_adv = self.random_start(x)
         grad, loss_now, logits = self.gradient(x_adv, y, loss, target)
-        fooled = logits.argmax(1) != y
-        x_out = x_adv.clone()
+        breaks = FirstBreak(x_adv, logits.argmax(1) != y)
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_now.clone()
         x_prev = x_adv.clone()
         marks = checkpoints(self.steps)
         last_mark, increases = 0, torch.zeros_like(loss_now)
         loss_best_at_mark = loss_best.clone()
-        halved_at_mark = torch.zeros_like(fooled)
+        halved_at_mark = torch.zeros_like(breaks.fooled)
         for k in range(1, self.steps + 1):
             z = self.project(x_adv + self.step(grad, 1.0) * eta.view(shape), x)
             momentum = 0.75 if k > 1 else 1.0
@@ -106,9 +87,7 @@ class APGD(Attack):
             x_prev, x_adv = x_adv, x_new
             loss_prev = loss_now
             grad, loss_now, logits = self.gradient(x_adv, y, loss, target)
-            newly = (logits.argmax(1) != y) & ~fooled
-            x_out[newly] = x_adv[newly]
-            fooled |= newly
+            breaks.keep(x_adv, logits.argmax(1) != y)
             increases += (loss_now > loss_prev).float()
             better = loss_now > loss_best
             x_best[better], grad_best[better] = x_adv[better], grad[better]
@@ -122,5 +101,4 @@ class APGD(Attack):
                 x_prev[halve] = x_best[halve]
                 halved_at_mark, loss_best_at_mark = halve, loss_best.clone()
                 last_mark, increases = k, torch.zeros_like(increases)
-        x_out[~fooled] = x_best[~fooled]
-        return x_out, fooled
+        return breaks.result(x_best)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import repeat
+
 import torch
 from torch import nn
 
@@ -42,23 +45,14 @@ class APGDT(APGD):
             raise ConvertSNNError(f"targets must be >= 1, got {targets}")
         self.targets = int(targets)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run_targets(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Per target rank (the ``rank``-th class after the true one in the clean logits; the
+        top class may be y itself), ``restarts`` times: the batch's target classes."""
         logits = self.logits(x)
         classes = logits.shape[1]
         if classes < 4:
             raise ConvertSNNError(f"APGD-T needs at least 4 classes, the model has {classes}")
         ranked = logits.argsort(dim=1, descending=True)
-        best = x.clone()
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        others = ranked[ranked != y[:, None]].view(len(x), classes - 1)
         for rank in range(1, min(self.targets, classes - 1) + 1):
-            for _ in range(self.restarts):
-                idx = (~broken).nonzero().squeeze(1)
-                if len(idx) == 0:
-                    return best
-                # the rank-th class after the true one (the top class may be y itself)
-                order = ranked[idx]
-                order = order[order != y[idx, None]].view(len(idx), classes - 1)
-                x_adv, fooled = self.run(x[idx], y[idx], "dlr-targeted", order[:, rank - 1])
-                best[idx] = x_adv
-                broken[idx] = fooled
-        return best
+            yield from repeat(others[:, rank - 1], self.restarts)

@@ -25,22 +25,25 @@ NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr")
 
 
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per sample, ``[B]`` (negative: misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return true - logits.scatter(1, y[:, None], float("-inf")).max(dim=1).values
+
+
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Difference-of-logits-ratio loss per sample (Croce & Hein 2020), ``[B]``.
 
     ``-(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3)``; with fewer than 3 classes the scale is 1.
     """
     sorted_logits, _ = logits.sort(dim=1)
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, y[:, None], float("-inf"))
-    margin = true - others.max(dim=1).values
+    true_margin = margin(logits, y)
     scale = (
         sorted_logits[:, -1] - sorted_logits[:, -3] + 1e-12
         if logits.shape[1] >= 3
-        else torch.ones_like(margin)
+        else torch.ones_like(true_margin)
     )
-    return -margin / scale
+    return -true_margin / scale
 
 
 def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -156,6 +159,11 @@ class Attack:
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def costed_models(self) -> tuple[nn.Module, ...]:
+        """The models this attack runs: their passes are its cost (see
+        :mod:`convertsnn.attacks.passes`)."""
+        return (self.model,)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Project onto the eps-ball around ``x`` and the image box [0, 1]."""

@@ -25,7 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convertsnn.attacks import build_attack
-from convertsnn.attacks.base import Attack, GradientStats
+from convertsnn.attacks.base import Attack, GradientStats, margin
+from convertsnn.attacks.passes import PassCount, counting_passes
+from convertsnn.eval.settings import EvalSettings
 
 _SHORT = {"steps": "", "queries": "", "targets": "x", "restarts": "r"}
 
@@ -60,13 +62,16 @@ class Run:
         name = f"{self.attack}{parts}" + (f"({extra})" if extra else "")
         return name if self.mode == "native" else f"{name} [{self.mode}]"
 
-    def build(self, model: nn.Module, eps: float, norm: str, eot: int) -> Attack:
-        return build_attack(self.attack, model, eps, norm, eot, self.mode, **dict(self.params))
+    def build(self, model: nn.Module, settings: EvalSettings) -> Attack:
+        return build_attack(self.attack, model, settings.eps, settings.norm, settings.eot,
+                            self.mode, **dict(self.params))  # fmt: skip
 
 
 @dataclass
 class RunRecord:
-    """What one run did: samples attacked, samples it lowered, robust accuracy after it."""
+    """What one run did: samples attacked, samples it lowered, robust accuracy after it, and
+    what it cost: wall ``seconds`` and image-passes of the model (``forward``, ``backward``,
+    see :mod:`convertsnn.attacks.passes`; the correctness checks of its points included)."""
 
     label: str
     attack: str
@@ -78,6 +83,13 @@ class RunRecord:
     seconds: float = 0.0
     gradients: dict = field(default_factory=dict)
     note: str = ""  # e.g. "more-steps check" for a run a sanity check added
+    forward: int = 0
+    backward: int = 0
+
+    @property
+    def breaks_per_second(self) -> float:
+        """Samples lowered per wall second (0 for a run that took no time)."""
+        return self.lowered / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -95,11 +107,18 @@ class EnsembleResult:
     groups: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        out = {"clean": self.clean, "robust": self.robust,
-               "runs": [asdict(r) for r in self.records]}  # fmt: skip
+        runs = [{**asdict(r), "breaks_per_second": r.breaks_per_second} for r in self.records]
+        out = {"clean": self.clean, "robust": self.robust, "runs": runs}
         if len(self.groups) > 1:
             out["groups"] = {g: float(c.mean()) for g, c in self.groups.items()}
         return out
+
+    def passes(self) -> PassCount:
+        """Image-passes of all runs together."""
+        total = PassCount()
+        for record in self.records:
+            total.add(PassCount(record.forward, record.backward))
+        return total
 
     def samples(self, margins: torch.Tensor) -> list[dict]:
         """Per image: whether it survives, the label of the run that broke it, its margin
@@ -145,9 +164,7 @@ def margins(
     """``z_y - max_{j != y} z_j`` of the EOT-mean logits per sample, ``[N]`` (< 0: broken)."""
 
     def score(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        logits = sum(model(xb) for _ in range(draws)) / draws
-        true = logits.gather(1, yb[:, None]).squeeze(1)
-        return true - logits.scatter(1, yb[:, None], float("-inf")).max(dim=1).values
+        return margin(sum(model(xb) for _ in range(draws)) / draws, yb)
 
     return per_sample(score, x, y, batch_size)
 
@@ -161,28 +178,19 @@ class WorstCase:
 
     Args:
         model: the model under attack (an SNN in its own forward mode, or any classifier).
-        eps, norm: the threat model.
-        eot: draws per gradient and per correctness estimate (1 for deterministic models).
-        batch_size: samples per attack call.
-        seed: base seed; each (run, batch) is seeded from it.
+        settings: the threat model (``eps``, ``norm``), ``eot`` draws per gradient and per
+            correctness estimate, ``batch_size`` samples per attack call, the base ``seed``
+            (each (run, batch) is seeded from it) and ``progress`` (a progress bar).
         checkpoint: called with the state dict after every batch (see :meth:`run`).
-        progress: show a progress bar.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        eps: float,
-        norm: str = "linf",
-        eot: int = 1,
-        batch_size: int = 256,
-        seed: int = 0,
+        settings: EvalSettings,
         checkpoint: Callable[[dict], None] | None = None,
-        progress: bool = True,
     ) -> None:
-        self.model, self.eps, self.norm, self.eot = model, float(eps), norm, int(eot)
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.checkpoint, self.progress = checkpoint, progress
+        self.model, self.settings, self.checkpoint = model, settings, checkpoint
         self.state: dict | None = None  # the last run's state, to continue it with more runs
 
     def run(
@@ -197,11 +205,12 @@ class WorstCase:
             self.model.train(was_training)
 
     def _run(self, x, y, runs: list[Run], resume: dict | None) -> EnsembleResult:
+        settings = self.settings
         if resume is not None:
             state = resume
             records = [RunRecord(**r) for r in state["records"]]
         else:
-            correct = expected_correct(self.model, x, y, self.eot, self.batch_size)
+            correct = expected_correct(self.model, x, y, settings.eot, settings.batch_size)
             state = {"run": 0, "batch": 0, "pending": None, "correct": correct,
                      "clean": float(correct.mean()), "x_adv": x.clone(),
                      "breaker": torch.full((len(x),), -1, dtype=torch.long, device=x.device)}  # fmt: skip
@@ -218,7 +227,7 @@ class WorstCase:
             state["groups"] = fresh
         groups = state["groups"]
         bar = tqdm(total=len(runs), initial=state["run"], desc="attacks", leave=False,
-                   disable=not self.progress)  # fmt: skip
+                   disable=not settings.progress)  # fmt: skip
         for r in range(state["run"], len(runs)):
             spec = runs[r]
             own = groups[names.index(spec.group)]
@@ -227,18 +236,20 @@ class WorstCase:
                 state["batch"] = 0
                 records.append(RunRecord(spec.label, spec.attack, spec.mode, False))
             record, pending = records[r], state["pending"]
-            attack = spec.build(self.model, self.eps, self.norm, self.eot)
+            attack = spec.build(self.model, settings)
             record.blackbox = attack.blackbox
             bar.set_description(spec.label)
-            for b, start in enumerate(range(0, len(pending), self.batch_size)):
+            for b, start in enumerate(range(0, len(pending), settings.batch_size)):
                 if b < state["batch"]:
                     continue
                 started = time.perf_counter()
-                idx = pending[start : start + self.batch_size]
-                torch.manual_seed(batch_seed(self.seed, r, b))
+                idx = pending[start : start + settings.batch_size]
+                torch.manual_seed(batch_seed(settings.seed, r, b))
                 attack.grad_stats = GradientStats()
-                candidate = attack(x[idx], y[idx])
-                p = expected_correct(self.model, candidate, y[idx], self.eot, self.batch_size)
+                with counting_passes(*attack.costed_models()) as passes:  # attack.model included
+                    candidate = attack(x[idx], y[idx])
+                    p = expected_correct(self.model, candidate, y[idx], settings.eot,
+                                         settings.batch_size)  # fmt: skip
                 own[idx] = torch.minimum(own[idx], p)
                 lower = p < correct[idx]
                 correct[idx[lower]] = p[lower]
@@ -247,6 +258,8 @@ class WorstCase:
                 record.attacked += len(idx)
                 record.lowered += int(lower.sum())
                 record.seconds += time.perf_counter() - started
+                record.forward += passes.forward
+                record.backward += passes.backward
                 _add_stats(record, attack)
                 state["batch"] = b + 1
                 record.robust_after = float(correct.mean())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convertsnn.attacks.base import LOSSES, Attack
 from convertsnn.attacks.gradient_modes import GradientMode
+from convertsnn.attacks.restarts import FirstBreak, RestartingAttack
 from convertsnn.errors import ConvertSNNError
 
 
-class PGD(Attack):
+class PGD(RestartingAttack):
     """Projected gradient ascent on CE or DLR (margin) loss.
 
     Args:
@@ -19,7 +19,8 @@ class PGD(Attack):
         alpha: step size; default ``2.5 * eps / steps`` (Madry et al.).
         step: step size as a fraction of eps (e.g. 0.25 for eps/4); overrides ``alpha``.
         loss: ``"ce"`` or ``"dlr"``.
-        restarts: independent runs; a sample counts as broken if any run breaks it.
+        restarts: independent runs on the whole batch; a sample counts as broken if any run
+            breaks it.
         random_start: start from a random point in the ball.
 
     Returns, per sample, the first successful adversarial example found, else the last iterate
@@ -27,6 +28,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    on_survivors = False
 
     def __init__(
         self,
@@ -42,38 +44,24 @@ class PGD(Attack):
         gradient_mode: str | GradientMode | None = None,
         step: float | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, eot, gradient_mode)
-        if steps < 1 or restarts < 1:
-            raise ConvertSNNError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
-        if loss not in LOSSES:
-            raise ConvertSNNError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
+        super().__init__(model, eps, norm, eot, gradient_mode, steps, loss, restarts)
         if step is not None and not step > 0:
             raise ConvertSNNError(f"PGD step must be a positive fraction of eps, got {step}")
-        self.steps = int(steps)
         if step is not None:
             alpha = step * self.eps
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
-        self.loss = loss
-        self.restarts = int(restarts)
         self.random_start_enabled = random_start
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best = x.clone()
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-
-        def keep(candidate: torch.Tensor, fooled: torch.Tensor) -> None:
-            newly = fooled & ~broken
-            best[newly] = candidate[newly]
-            broken.logical_or_(fooled)
-
-        for _ in range(self.restarts):
-            x_adv = self.random_start(x) if self.random_start_enabled else x.clone()
-            for _ in range(self.steps):
-                grad, _, logits = self.gradient(x_adv, y, self.loss)
-                keep(x_adv, logits.argmax(dim=1) != y)
-                x_adv = self.project(x_adv + self.step(grad, self.alpha), x)
-            keep(x_adv, self.predict(x_adv) != y)
-            best[~broken] = x_adv[~broken]
-            if broken.all():
-                break
-        return best
+    def run(
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One restart: ``steps`` steps from a (random) start; the first break per sample, else
+        the last iterate."""
+        x_adv = self.random_start(x) if self.random_start_enabled else x.clone()
+        breaks = FirstBreak(x_adv)
+        for _ in range(self.steps):
+            grad, _, logits = self.gradient(x_adv, y, self.loss)
+            breaks.keep(x_adv, logits.argmax(dim=1) != y)
+            x_adv = self.project(x_adv + self.step(grad, self.alpha), x)
+        breaks.keep(x_adv, self.predict(x_adv) != y)
+        return breaks.result(x_adv)

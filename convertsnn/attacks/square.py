@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from convertsnn.attacks.base import Attack
+from convertsnn.attacks.base import Attack, margin
 from convertsnn.errors import ConvertSNNError
 
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
@@ -102,9 +102,7 @@ class Square(Attack):
 
     def margin(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``z_y - max_{j != y} z_j`` per sample (negative = misclassified)."""
-        logits = self.logits(x)
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        return true - logits.scatter(1, y[:, None], float("-inf")).max(dim=1).values
+        return margin(self.logits(x), y)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:

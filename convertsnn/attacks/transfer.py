@@ -61,6 +61,9 @@ class Transfer(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.inner(x, y)
 
+    def costed_models(self) -> tuple[nn.Module, ...]:
+        return (self.model, self.source)
+
 
 def load_source(source: str, device: torch.device | str = "cpu") -> nn.Module:
     """A transfer source: an SNN file, else any source :func:`convertsnn.importers.load_ann`

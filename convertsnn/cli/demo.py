@@ -34,6 +34,7 @@ from convertsnn.eval.robustness import (
     evaluate_over_timesteps,
     evaluate_robustness,
 )
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import QUICK
 from convertsnn.importers import load_ann
 from convertsnn.snn.network import check_timesteps
@@ -112,7 +113,7 @@ def command(
     if suite_images:
         x, y = (t[:suite_images].to(device) for t in test.tensors())
         suite_rows = evaluate_robustness(
-            snn, x, y, [suite_timesteps], [radius], "quick", sanity=False
+            snn, x, y, [suite_timesteps], [radius], "quick", EvalSettings(sanity=False)
         )
         click.echo(
             f"\nquick suite, per-sample worst case, on the first {suite_images} of these images: "

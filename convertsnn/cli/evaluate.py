@@ -18,8 +18,16 @@ from convertsnn.cli.options import (
 )
 from convertsnn.data import check_dataset_fits, load_dataset
 from convertsnn.errors import ConvertSNNError
-from convertsnn.eval.report import flags_text, markdown_report, rows_table, runs_table, write_json
+from convertsnn.eval.report import (
+    cost_text,
+    flags_text,
+    markdown_report,
+    rows_table,
+    runs_table,
+    write_json,
+)
 from convertsnn.eval.robustness import evaluate_robustness
+from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite, with_transfer_source
 from convertsnn.snn.network import check_timesteps
@@ -252,7 +260,7 @@ def command(
     eps_values = parse_number_list(eps, "--eps") if evaluation else []
     if any(e < 0 for e in eps_values):
         raise ConvertSNNError(f"--eps must be >= 0, got {eps}")
-    draws = eot if eot is not None else (20 if snn.encoder.stochastic else 1)
+    draws = eot if eot is not None else default_eot(snn)
     settings = {
         "model": str(model_file), "data": dataset.name, "images": len(dataset),
         "timesteps": ts, "eps": eps_values, "norm": norm, "eot": draws, "seed": seed,
@@ -265,12 +273,13 @@ def command(
     if transfer_from:  # load it once here, so a bad source fails before any attack runs
         load_source(transfer_from, device)
     adversarial = {} if save_adversarial else None
+    evaluation_settings = EvalSettings(norm=norm, eot=draws, batch_size=batch_size, seed=seed,
+                                       sanity=sanity, autoattack=autoattack,
+                                       autoattack_mode=autoattack_mode)  # fmt: skip
     rows = evaluate_robustness(
-        snn, x, y, ts, eps_values, evaluation, norm=norm, include_ann=ann,
+        snn, x, y, ts, eps_values, evaluation, evaluation_settings, include_ann=ann,
         attack_timesteps=parse_int_list(attack_timesteps, "--attack-timesteps") if attack_timesteps else None,
-        surrogate=surrogate, eot=draws, batch_size=batch_size, seed=seed, sanity=sanity,
-        autoattack=autoattack, autoattack_mode=autoattack_mode, state=state,
-        adversarial=adversarial,
+        surrogate=surrogate, state=state, adversarial=adversarial,
     )  # fmt: skip
     click.echo(f"{model_file} on {len(dataset)} images of {dataset.name}")
     click.echo(rows_table(rows, evaluation.name if evaluation else ""))
@@ -278,6 +287,7 @@ def command(
         for key, detail in row.details.items():
             click.echo(f"\n{row.model}, eps={float(key):.4g}: robust {100 * detail['robust']:.2f}%")
             click.echo(runs_table(detail, per_run=False))
+            click.echo(f"cost: {cost_text(detail)}")
             if "groups" in detail:
                 click.echo("per family: " + ", ".join(
                     f"{name} {100 * value:.2f}%" for name, value in detail["groups"].items()))  # fmt: skip

@@ -21,6 +21,7 @@ from convertsnn.attacks.autoattack import NORM_NAMES, VERSIONS
 from convertsnn.attacks.ensemble import expected_correct
 from convertsnn.attacks.gradient_modes import ModelInMode, parse_gradient_mode
 from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.snn.network import SpikingNetwork
 
 
@@ -53,16 +54,13 @@ def run_autoattack(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
+    settings: EvalSettings,
     version: str = "standard",
     mode: str = "native",
-    eot: int = 1,
-    batch_size: int = 256,
-    seed: int = 0,
     state_path: str | Path | None = None,
 ) -> AutoAttackResult:
-    """Run pyautoattack on ``model`` (an SNN in gradient ``mode``, or any classifier)."""
+    """Run pyautoattack on ``model`` (an SNN in gradient ``mode``, or any classifier) at
+    ``settings.eps``; correctness is judged with ``settings.eot`` draws."""
     from pyautoattack import AutoAttack
 
     if version not in VERSIONS:
@@ -77,18 +75,21 @@ def run_autoattack(
 
         parsed = native_mode(model)  # name the surrogate AutoAttack saw
     wrapped.eval()
-    adversary = AutoAttack(wrapped, eps=eps, norm=NORM_NAMES[norm], version=version, seed=seed,
-                           device=x.device)  # fmt: skip
+    adversary = AutoAttack(wrapped, eps=settings.eps, norm=NORM_NAMES[settings.norm],
+                           version=version, seed=settings.seed, device=x.device)  # fmt: skip
     collect = _Collect()
     adversary.logger.addHandler(collect)
     start = time.perf_counter()
     try:
         x_adv, _ = adversary.run_standard_evaluation(
-            x, y, batch_size=batch_size, state_path=Path(state_path) if state_path else None
+            x,
+            y,
+            batch_size=settings.batch_size,
+            state_path=Path(state_path) if state_path else None,
         )
     finally:
         adversary.logger.removeHandler(collect)
-    correct = expected_correct(model, x_adv.to(x.device), y, eot, batch_size)
+    correct = expected_correct(model, x_adv.to(x.device), y, settings.eot, settings.batch_size)
     if state_path:  # after a resume, x_adv holds clean images for samples broken earlier
         from pyautoattack.state import EvaluationState
 

@@ -52,8 +52,11 @@ class LayerPerturbation:
 
     @property
     def growth(self) -> float:
-        """How much larger the SNN's relative perturbation is than the ANN's."""
-        return self.snn / self.ann if self.ann > 0 else math.inf
+        """How much larger the SNN's relative perturbation is than the ANN's (NaN where
+        neither moved, infinity where only the SNN did)."""
+        if self.ann > 0:
+            return self.snn / self.ann
+        return math.nan if self.snn == 0 else math.inf
 
     def to_dict(self) -> dict:
         return {**asdict(self), "growth": self.growth}

@@ -55,26 +55,40 @@ def runs_table(summary: dict, markdown: bool = False, per_run: bool = True) -> s
 
     ``per_run=False`` sums runs of the same attack (a short form for the terminal).
     """
-    header = ["run", "attacked", "broke", "robust after %", "seconds", "zero grads %"]
+    header = ["run", "attacked", "broke", "robust after %", "seconds", "breaks/s", "passes",
+              "zero grads %"]  # fmt: skip
     groups: dict[str, dict] = {}
     for r in summary["runs"]:
         key = r["label"] if per_run else r["attack"] + (" (black-box)" if r["blackbox"] else "")
         key += f" ({r['note']})" if r.get("note") else ""
         g = groups.setdefault(key, {"attacked": 0, "lowered": 0, "seconds": 0.0, "samples": 0,
-                                    "zero": 0, "robust_after": 0.0, "runs": 0})  # fmt: skip
+                                    "zero": 0, "robust_after": 0.0, "runs": 0, "passes": 0})  # fmt: skip
         g["runs"] += 1
         for k in ("attacked", "lowered", "seconds"):
             g[k] += r[k]
+        g["passes"] += r.get("forward", 0) + r.get("backward", 0)
         g["samples"] += r["gradients"].get("samples", 0)
         g["zero"] += r["gradients"].get("zero", 0)
         g["robust_after"] = r["robust_after"]
     lines = [
         [name if per_run else f"{name} x{g['runs']}", str(g["attacked"]), str(g["lowered"]),
          f"{100 * g['robust_after']:.2f}", f"{g['seconds']:.1f}",
+         f"{g['lowered'] / g['seconds']:.2f}" if g["seconds"] > 0 else "-", str(g["passes"]),
          f"{100 * g['zero'] / g['samples']:.1f}" if g["samples"] else "-"]
         for name, g in groups.items()
     ]  # fmt: skip
     return format_table(header, lines, markdown)
+
+
+def cost_text(summary: dict) -> str:
+    """The suite's cost in a line: its ratio to one PGD-20 run on the same images, the
+    image-passes behind it (docs/evaluation.md) and the wall time."""
+    cost = summary.get("cost")
+    if not cost:
+        return f"{summary['seconds']:.0f} s"
+    return (f"{cost['pgd20_ratio']:.1f}x one PGD-20 run on these images ({cost['forward']} "
+            f"forward + {cost['backward']} backward image-passes, probe included), "
+            f"{summary['seconds']:.0f} s")  # fmt: skip
 
 
 def flags_text(flags: Sequence[dict], markdown: bool = False) -> str:
@@ -108,7 +122,7 @@ def markdown_report(document: dict, images: Sequence[str] = ()) -> str:
         for key, detail in row.get("details", {}).items():
             out += ["", f"## {row['model']}, eps={float(key):.4g}", ""]
             out.append(f"Robust accuracy {100 * detail['robust']:.2f}% "
-                       f"(clean {100 * detail['clean']:.2f}%), {detail['seconds']:.0f} s.")  # fmt: skip
+                       f"(clean {100 * detail['clean']:.2f}%); cost {cost_text(detail)}.")  # fmt: skip
             if "autoattack" in detail:
                 aa = detail["autoattack"]
                 out.append(f"AutoAttack ({aa['version']}, gradient mode {aa['mode']}): "

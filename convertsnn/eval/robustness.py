@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from convertsnn.attacks.base import Attack
 from convertsnn.attacks.ensemble import expected_correct, margins
 from convertsnn.attacks.gradient_modes import ModelInMode
+from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.snn.network import SpikingNetwork
 
 AttackFactory = Callable[[nn.Module, float], Attack]
@@ -87,7 +88,7 @@ def robust_accuracy(
 
 
 @contextmanager
-def _settings(
+def _model_settings(
     snn: SpikingNetwork, timesteps: Sequence[int], include_ann: bool, surrogate: str | None
 ) -> Iterator[Iterator[tuple[str, int | None, nn.Module]]]:
     """``(label, T, model)`` for the ANN (the SNN in ``ann`` mode) and the SNN at each T; the
@@ -127,8 +128,8 @@ def evaluate_over_timesteps(
     device = torch.device(device)
     snn = snn.to(device).eval()
     rows = []
-    with _settings(snn, timesteps, include_ann, surrogate) as settings:
-        for label, steps, model in settings:
+    with _model_settings(snn, timesteps, include_ann, surrogate) as models:
+        for label, steps, model in models:
             start = time.perf_counter()
             row = EvalRow(label, steps, accuracy(model, loader, device, f"{label} clean"))
             if make_attack is not None and _attacked(steps, attack_timesteps):
@@ -153,30 +154,24 @@ def evaluate_robustness(
     timesteps: Sequence[int],
     eps_values: Sequence[float],
     suite,
-    norm: str = "linf",
+    settings: EvalSettings | None = None,
     include_ann: bool = True,
     attack_timesteps: Sequence[int] | None = None,
     surrogate: str | None = None,
-    eot: int | None = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    sanity: bool = True,
-    probe_samples: int = 100,
-    autoattack: str | None = None,
-    autoattack_mode: str = "native",
     state=None,
-    progress: bool = True,
     adversarial: dict[str, torch.Tensor] | None = None,
 ) -> list[EvalRow]:
     """Rows for the ANN (optional) and the SNN at each T: clean accuracy, and per eps the
     per-sample worst case of ``suite`` (a :class:`~convertsnn.eval.suites.Suite` or its name).
 
-    ``x``, ``y``: test images in [0, 1] and labels, on the model's device. ``eot``: draws per
-    gradient and per accuracy estimate (default 20 for stochastic encoders, else 1); accuracy
-    is then an expectation over draws. ``sanity`` runs :mod:`convertsnn.eval.sanity` on every
-    result; ``autoattack`` (``"standard"`` or ``"rand"``) adds the pyautoattack cross-check in
-    ``autoattack_mode``; ``state`` (a :class:`~convertsnn.eval.state.StateDir`) makes the run
-    resumable. ``row.details[eps]`` holds the suite summary (with one entry per image under
+    ``x``, ``y``: test images in [0, 1] and labels, on the model's device. ``settings``
+    (:class:`~convertsnn.eval.settings.EvalSettings`; its ``eps`` is replaced by each of
+    ``eps_values``; default: the defaults with :func:`~convertsnn.eval.settings.default_eot`
+    draws) says how to attack and count: with ``eot`` > 1 accuracy is an expectation over
+    draws; ``sanity`` runs :mod:`convertsnn.eval.sanity` on every result; ``autoattack``
+    (``"standard"`` or ``"rand"``) adds the pyautoattack cross-check in ``autoattack_mode``.
+    ``state`` (a :class:`~convertsnn.eval.state.StateDir`) makes the run resumable.
+    ``row.details[eps]`` holds the suite summary (with its cost and one entry per image under
     ``samples``: survives, the run that broke it, its final margin), flags and cross-checks;
     a dict passed as ``adversarial`` receives the worst point found per image under
     ``"{row} eps={eps}"`` (on the CPU).
@@ -185,36 +180,36 @@ def evaluate_robustness(
     from convertsnn.eval.sanity import check_eps_trend, run_checks
     from convertsnn.eval.suites import run_suite
 
-    if eot is None:
-        eot = 20 if snn.encoder.stochastic else 1
+    if settings is None:
+        settings = EvalSettings(eot=default_eot(snn))
+    eot, batch_size = settings.eot, settings.batch_size
     snn = snn.eval()
     rows = []
-    with _settings(snn, timesteps, include_ann, surrogate) as settings:
-        for label, steps, model in settings:
+    with _model_settings(snn, timesteps, include_ann, surrogate) as models:
+        for label, steps, model in models:
             start = time.perf_counter()
             clean = expected_correct(model, x, y, eot, batch_size)
             row = EvalRow(label, steps, float(clean.mean()))
             for eps in eps_values if _attacked(steps, attack_timesteps) else ():
                 key = eps_key(eps)
+                at_eps = replace(settings, eps=eps)
                 slot = state.slot(f"{label}_eps={key}") if state is not None else None
-                result = run_suite(suite, model, x, y, eps, norm, eot, batch_size, seed,
-                                   state=slot, progress=progress, more_steps=sanity)  # fmt: skip
-                if sanity:
-                    result.flags = run_checks(model, x, y, result, eot, probe_samples,
-                                              batch_size, seed, progress=progress)  # fmt: skip
+                result = run_suite(suite, model, x, y, at_eps, state=slot)
+                if settings.sanity:
+                    result.flags = run_checks(model, x, y, result, at_eps)
                 row.robust[key] = result.robust
                 row.details[key] = result.summary()
                 final = margins(model, result.ensemble.x_adv, y, eot, batch_size)
                 row.details[key]["samples"] = result.ensemble.samples(final)
                 if adversarial is not None:
                     adversarial[f"{label} eps={key}"] = result.ensemble.x_adv.detach().cpu()
-                if autoattack:
+                if settings.autoattack:
                     aa_state = (Path(state.path) / f"autoattack_{label}_eps={key}.json"
                                 if state is not None else None)  # fmt: skip
-                    aa = run_autoattack(model, x, y, eps, norm, autoattack, autoattack_mode,
-                                        eot, batch_size, seed, aa_state)  # fmt: skip
+                    aa = run_autoattack(model, x, y, at_eps, settings.autoattack,
+                                        settings.autoattack_mode, aa_state)  # fmt: skip
                     row.details[key]["autoattack"] = aa.summary()
-            if sanity and len(row.robust) > 1:
+            if settings.sanity and len(row.robust) > 1:
                 trend = check_eps_trend({float(k): v for k, v in row.robust.items()}, len(x))
                 row.details[max(row.robust, key=float)]["flags"].append(vars(trend))
             row.seconds = time.perf_counter() - start

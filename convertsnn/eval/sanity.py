@@ -23,7 +23,7 @@ the evaluation is broken somewhere; a check that passes still reports what it sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import torch
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from convertsnn.attacks import ATTACKS
 from convertsnn.attacks.ensemble import Run, WorstCase, expected_correct
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.snn.network import SpikingNetwork
 
 TOLERANCE = 0.002  # fraction of samples, as AutoAttack's Square check
@@ -138,19 +139,12 @@ def check_large_eps(
     x: torch.Tensor,
     y: torch.Tensor,
     modes: list[str],
-    eps: float,
-    norm: str = "linf",
-    eot: int = 1,
-    batch_size: int = 256,
-    seed: int = 0,
-    progress: bool = False,
+    settings: EvalSettings,
 ) -> Flag:
     """White-box PGD-20 in ``modes`` (per-sample worst case) at :func:`large_eps` on ``x``."""
-    radius = large_eps(eps, norm)
+    radius = large_eps(settings.eps, settings.norm)
     runs = [Run.of("pgd", m, steps=20) for m in modes]
-    result = WorstCase(model, radius, norm, eot, batch_size, seed, progress=progress).run(
-        x, y, runs
-    )
+    result = WorstCase(model, replace(settings, eps=radius)).run(x, y, runs)
     correct = result.correct.mean().item()
     text = f"white-box accuracy at eps={radius:.4g}: {100 * correct:.1f}% of {len(x)} samples"
     if correct > LARGE_EPS_ACCURACY:
@@ -176,11 +170,8 @@ def check_reparametrisation(
     x: torch.Tensor,
     y: torch.Tensor,
     result,
-    eot: int = 1,
-    batch_size: int = 256,
-    seed: int = 0,
+    settings: EvalSettings,
     factors: tuple[float, ...] = RESCALE_FACTORS,
-    progress: bool = False,
 ) -> Flag:
     """Re-attack ``x`` (a sample of correct images) with FGSM in every white-box mode of
     ``result`` and PGD-20 (step eps/4) in its best mode, on the model as it is, with every
@@ -199,8 +190,7 @@ def check_reparametrisation(
 
     def attack() -> dict[str, tuple[float, float]]:
         """Per run (and their worst case): robust accuracy and share of all-zero gradients."""
-        worst = WorstCase(model, result.eps, result.norm, eot, batch_size, seed, progress=progress)
-        outcome = worst.run(x, y, runs)
+        outcome = WorstCase(model, settings).run(x, y, runs)
         out = {"ensemble": (outcome.robust, 0.0)}
         for run, record in zip(runs, outcome.records, strict=True):
             zero = record.gradients.get("zero", 0) / max(record.gradients.get("samples", 0), 1)
@@ -252,26 +242,26 @@ def run_checks(
     x: torch.Tensor,
     y: torch.Tensor,
     result,
-    eot: int = 1,
-    probe_samples: int = 100,
-    batch_size: int = 256,
-    seed: int = 0,
-    reparametrisation_samples: int = 32,
-    progress: bool = True,
+    settings: EvalSettings,
 ) -> list[Flag]:
-    """All per-result checks for a SuiteResult (whose run already holds the more-steps run).
+    """All per-result checks for a SuiteResult (whose run already holds the more-steps run),
+    at ``result``'s eps: the attacking ones on the first ``settings.check_samples`` (large-eps)
+    and ``settings.reparametrisation_samples`` (0: skipped) correct images.
 
-    ``progress``: a bar over the checks (named as they run) and the attack bars of the ones
-    that attack (large-eps, reparametrisation)."""
+    ``settings.progress``: a bar over the checks (named as they run) and the attack bars of
+    the ones that attack (large-eps, reparametrisation)."""
     from convertsnn.eval.suites import best_mode
 
     white = [r.mode for r in result.runs if not ATTACKS[r.attack].blackbox]
     records = result.ensemble.records
-    clean = expected_correct(model, x, y, eot, batch_size)
+    settings = replace(settings, eps=result.eps, norm=result.norm)
+    eot, probe_samples = settings.eot, settings.check_samples
+    reparametrisation_samples = settings.reparametrisation_samples
+    clean = expected_correct(model, x, y, eot, settings.batch_size)
     probe = (clean > 0).nonzero().squeeze(1)
     attacking = bool(white and len(probe))
     checks = 1 + attacking * (1 + bool(reparametrisation_samples))
-    with tqdm(total=checks, desc="sanity", leave=False, disable=not progress) as bar:
+    with tqdm(total=checks, desc="sanity", leave=False, disable=not settings.progress) as bar:
         bar.set_description("sanity: determinism, gradients, black-box, more steps/queries")
         flags = [check_determinism(model, x[:probe_samples], eot)]
         flags.append(check_gradients(records))
@@ -284,15 +274,13 @@ def run_checks(
             modes = list(dict.fromkeys([best, white[0], *(["ann"] if "ann" in white else [])]))
             idx = probe[:probe_samples]
             bar.set_description(f"sanity: large-eps ({len(modes)} PGD-20 runs)")
-            flags.append(check_large_eps(model, x[idx], y[idx], modes, result.eps, result.norm,
-                                         eot, batch_size, seed, progress))  # fmt: skip
+            flags.append(check_large_eps(model, x[idx], y[idx], modes, settings))
             bar.update()
             if reparametrisation_samples:
                 idx = probe[:reparametrisation_samples]
                 bar.set_description(
                     f"sanity: reparametrisation (as written + {1 + len(RESCALE_FACTORS)} rescaled)"
                 )
-                flags.append(check_reparametrisation(model, x[idx], y[idx], result, eot,
-                                                     batch_size, seed, progress=progress))  # fmt: skip
+                flags.append(check_reparametrisation(model, x[idx], y[idx], result, settings))
                 bar.update()
     return flags

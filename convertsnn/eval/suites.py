@@ -15,7 +15,7 @@ to the model's own gradient and the transfer attack is skipped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,8 +24,10 @@ from convertsnn.attacks import ATTACKS
 from convertsnn.attacks.base import dlr_loss
 from convertsnn.attacks.ensemble import EnsembleResult, Run, WorstCase, batch_seed, expected_correct
 from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES, parse_gradient_mode
+from convertsnn.attacks.passes import PassCount, counting_passes, pgd20_passes
 from convertsnn.attacks.pgd import PGD
 from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.settings import EvalSettings
 from convertsnn.snn.network import SpikingNetwork
 
 
@@ -231,17 +233,15 @@ def rank_modes(
     x: torch.Tensor,
     y: torch.Tensor,
     modes: list[str],
-    eps: float,
-    norm: str = "linf",
-    eot: int = 1,
+    settings: EvalSettings,
     steps: int = 10,
-    seed: int = 0,
 ) -> list[ModeScore]:
     """PGD-``steps`` (step eps/4) in each mode on the same ``(x, y)``; best first (the probe)."""
     scores = []
     for i, mode in enumerate(modes):
-        torch.manual_seed(batch_seed(seed, -1, i))
-        attack = PGD(model, eps, norm, eot, steps=steps, step=0.25, gradient_mode=mode)
+        torch.manual_seed(batch_seed(settings.seed, -1, i))
+        attack = PGD(model, settings.eps, settings.norm, settings.eot, steps=steps, step=0.25,
+                     gradient_mode=mode)  # fmt: skip
         x_adv = attack(x, y)
         logits = attack.logits(x_adv)
         broken = int((logits.argmax(1) != y).sum())
@@ -296,7 +296,9 @@ def more_steps_run(suite: Suite, runs: list[Run], mode: str) -> Run:
 
 @dataclass
 class SuiteResult:
-    """A suite's outcome at one eps: the ensemble result, the probe ranking, flags, timing."""
+    """A suite's outcome at one eps: the ensemble result, the probe ranking, flags, timing, and
+    the image-passes of the probe (``probe_passes``; the runs' are in their records) with the
+    ``eot`` draws they were made with."""
 
     suite: str
     eps: float
@@ -306,10 +308,22 @@ class SuiteResult:
     runs: list[Run]
     seconds: float
     flags: list = field(default_factory=list)
+    probe_passes: PassCount = field(default_factory=PassCount)
+    eot: int = 1
 
     @property
     def robust(self) -> float:
         return self.ensemble.robust
+
+    def cost(self) -> dict:
+        """Image-passes of the probe and all runs, and their ratio to one PGD-20 run on the
+        same images with the same EOT draws (:func:`~convertsnn.attacks.passes.pgd20_passes`)."""
+        total = self.ensemble.passes()
+        total.add(self.probe_passes)
+        reference = pgd20_passes(len(self.ensemble.correct), self.eot)
+        return {"forward": total.forward, "backward": total.backward,
+                "probe": asdict(self.probe_passes), "pgd20_passes": reference,
+                "pgd20_ratio": total.total / reference if reference else 0.0}  # fmt: skip
 
     def summary(self) -> dict:
         return {
@@ -319,31 +333,23 @@ class SuiteResult:
             **self.ensemble.summary(),
             "probe": [vars(s) for s in self.ranking],
             "seconds": self.seconds,
+            "cost": self.cost(),
             "flags": [vars(f) for f in self.flags],
         }
 
 
 def prepare_runs(
-    suite: Suite,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
-    eot: int = 1,
-    probe_samples: int = 128,
-    seed: int = 0,
-    batch_size: int = 256,
+    suite: Suite, model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings
 ) -> tuple[list[Run], list[ModeScore]]:
-    """Rank the candidate modes (probe, on the first ``probe_samples`` correct samples) and
-    turn the suite into runs. Without a probe, candidates keep the suite's order."""
+    """Rank the candidate modes (probe, on the first ``settings.probe_samples`` correct samples)
+    and turn the suite into runs. Without a probe, candidates keep the suite's order."""
     modes = candidate_modes(suite, model)
     ranking: list[ModeScore] = []
     if suite.probe and len(modes) > 1:
-        correct = expected_correct(model, x, y, eot, batch_size) > 0
-        idx = correct.nonzero().squeeze(1)[:probe_samples]
+        correct = expected_correct(model, x, y, settings.eot, settings.batch_size) > 0
+        idx = correct.nonzero().squeeze(1)[: settings.probe_samples]
         if len(idx):
-            ranking = rank_modes(model, x[idx], y[idx], modes, eps, norm, eot, seed=seed)
+            ranking = rank_modes(model, x[idx], y[idx], modes, settings)
             modes = [s.mode for s in ranking]
     best_adaptive = next((m for m in modes if m.startswith("adaptive")), None)
     modes = [m for m in modes if not m.startswith("adaptive") or m == best_adaptive]
@@ -367,20 +373,13 @@ def run_suite(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
-    eot: int = 1,
-    batch_size: int = 256,
-    seed: int = 0,
-    probe_samples: int = 128,
+    settings: EvalSettings,
     state=None,
-    progress: bool = True,
-    more_steps: bool = True,
 ) -> SuiteResult:
-    """Run ``suite`` on ``(x, y)`` at ``eps``. ``state``: an optional
+    """Run ``suite`` on ``(x, y)`` at ``settings.eps``. ``state``: an optional
     :class:`~convertsnn.eval.state.RunState` slot to save progress in and resume from.
 
-    With ``more_steps`` (and ``suite.more_steps`` > 0) the ensemble ends with the more-steps
+    With ``settings.sanity`` (and ``suite.more_steps`` > 0) the ensemble ends with the more-steps
     check: APGD-CE with a larger budget in the mode that broke most, on the survivors; its
     breaks count in the number and in the saved state (record note ``"more-steps check"``)."""
     suite = get_suite(suite) if isinstance(suite, str) else suite
@@ -391,12 +390,14 @@ def run_suite(
                     r.get("group", "")) for r in saved["runs"]]  # fmt: skip
         ranking = [ModeScore(**s) for s in saved["ranking"]]
         extra = saved.get("more_steps", False)
+        probe_passes = PassCount(**saved.get("probe_passes", {}))
     else:
         check_suite(suite, model, x)
-        runs, ranking = prepare_runs(suite, model, x, y, eps, norm, eot, probe_samples, seed,
-                                     batch_size)  # fmt: skip
+        with counting_passes(model) as probe_passes:
+            runs, ranking = prepare_runs(suite, model, x, y, settings)
         extra = False
-    meta = {"runs": [], "ranking": [vars(s) for s in ranking], "more_steps": extra}
+    meta = {"runs": [], "ranking": [vars(s) for s in ranking], "more_steps": extra,
+            "probe_passes": asdict(probe_passes)}  # fmt: skip
 
     def checkpoint(progress_state: dict) -> None:
         state.save(progress_state, meta)
@@ -406,10 +407,9 @@ def run_suite(
                          "group": r.group} for r in run_list]  # fmt: skip
 
     describe(runs)
-    ensemble = WorstCase(model, eps, norm, eot, batch_size, seed,
-                         checkpoint if state is not None else None, progress)  # fmt: skip
+    ensemble = WorstCase(model, settings, checkpoint if state is not None else None)
     result = ensemble.run(x, y, runs, resume=saved["progress"] if saved else None)
-    if more_steps and suite.more_steps and not extra and (result.correct > 0).any():
+    if settings.sanity and suite.more_steps and not extra and (result.correct > 0).any():
         if any(not ATTACKS[r.attack].blackbox for r in runs):
             runs = [*runs, more_steps_run(suite, runs, best_mode(result.records, ranking, runs))]
             meta["more_steps"] = True
@@ -418,5 +418,6 @@ def run_suite(
             extra = True
     if extra:
         result.records[-1].note = "more-steps check"
-    return SuiteResult(suite.name, eps, norm, result, ranking, runs,
-                       time.perf_counter() - start)  # fmt: skip
+    return SuiteResult(suite.name, settings.eps, settings.norm, result, ranking, runs,
+                       time.perf_counter() - start, probe_passes=probe_passes,
+                       eot=settings.eot)  # fmt: skip

@@ -29,6 +29,7 @@ from convertsnn.attacks import PGD
 from convertsnn.data import ImageDataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.robustness import accuracy, robust_accuracy
+from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.suites import QUICK, run_suite
 from convertsnn.finetune.checkpoint import (
     load_checkpoint,
@@ -42,7 +43,6 @@ from convertsnn.finetune.distributed import DistContext
 from convertsnn.finetune.projection import project_weights
 from convertsnn.finetune.runlog import RunLog
 from convertsnn.objectives import get_regularizer, regularized_loss
-from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -353,12 +353,11 @@ def _quick_accuracy(
     if index:
         x = val_set.images[index].float().div(255).to(ctx.device)
         y = val_set.labels[index].to(ctx.device)
-        stochastic = isinstance(model, SpikingNetwork) and model.encoder.stochastic
+        settings = EvalSettings(eps, eot=default_eot(model), batch_size=config.batch_size,
+                                seed=config.seed, progress=config.progress and ctx.is_main)  # fmt: skip
         devices = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            result = run_suite(QUICK, model, x, y, eps, eot=20 if stochastic else 1,
-                               batch_size=config.batch_size, seed=config.seed,
-                               progress=config.progress and ctx.is_main)  # fmt: skip
+            result = run_suite(QUICK, model, x, y, settings)
         correct = float(result.ensemble.correct.sum())
     correct, total = ctx.sum([correct, len(index)])
     return correct / total
