@@ -11,9 +11,9 @@ For clean images ``x`` and adversarial images ``x'`` (same order), at every spik
 with Frobenius norms over the whole batch (an image whose layer is silent does not divide by
 zero). A last row, ``logits``, compares the networks' outputs. ``growth = snn / ann`` above 1
 means the SNN's perturbation at that layer is larger than the ANN's: the layers where it jumps
-are where the spiking network loses the ANN's robustness. This is the layer-wise view of the
-"robustness gap" of converted SNNs (e.g. Ding et al., NeurIPS 2022, "SNN-RAT", who bound the
-SNN's perturbation by per-layer Lipschitz terms; here it is measured, not bounded).
+are where the spiking network loses the ANN's robustness (Ding et al., NeurIPS 2022,
+"SNN-RAT", regularise the spiking layers' Lipschitz constants so that perturbations do not
+grow; here the growth is measured, layer by layer).
 
 The source ANN is by default the SNN's own ``ann`` view with bias calibration undone
 (:func:`~convertsnn.objectives.distill.frozen_source_ann`); a converted SNN file (the ``ann``
