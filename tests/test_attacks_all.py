@@ -9,6 +9,8 @@ from torch import nn
 from convertsnn import convert
 from convertsnn.attacks import APGDT, ATTACKS, PGD, PGDSearch, Square, Transfer, build_attack
 from convertsnn.attacks.apgd import checkpoints
+from convertsnn.attacks.passes import counting_passes
+from convertsnn.attacks.pgd_search import WARMUP
 from convertsnn.attacks.square import meta_pseudo_gaussian, pseudo_gaussian, window_fraction
 from convertsnn.errors import ConvertSNNError
 
@@ -166,8 +168,33 @@ def test_pgd_search_finds_what_pgd_misses_on_a_shattered_output(images):
     assert torch.equal(PGDSearch(model, eps, steps=5, step=0.25, queries=0)(images, y), x_pgd)
 
 
+def test_pgd_search_gives_up_far_from_the_boundary(images):
+    model = Shattered()
+    y = model(images).argmax(1)
+    eps = 0.3 / 255
+
+    def search(give_up: float) -> tuple[torch.Tensor, int]:
+        torch.manual_seed(0)
+        attack = PGDSearch(model, eps, steps=5, step=0.25, queries=200, give_up=give_up)
+        with counting_passes(model) as count:
+            x_adv = attack(images, y)
+        return x_adv, count.forward
+
+    x_all, passes_all = search(0.0)
+    x_never, passes_never = search(1e9)  # a bound no sample reaches: the same search
+    assert torch.equal(x_all, x_never) and passes_never == passes_all
+    _, passes_first = search(1e-9)  # every unbroken sample stops after the warm-up
+    assert passes_first < passes_all
+    torch.manual_seed(0)
+    with counting_passes(model) as pgd_only:
+        PGDSearch(model, eps, steps=5, step=0.25, queries=0)(images, y)
+    assert passes_first - pgd_only.forward <= len(images) * (WARMUP + 1)
+
+
 def test_pgd_search_settings():
     model = linear_model()
+    with pytest.raises(ConvertSNNError, match="give_up"):
+        PGDSearch(model, 0.1, give_up=-1)
     with pytest.raises(ConvertSNNError, match="flip"):
         PGDSearch(model, 0.1, flip=0)
     with pytest.raises(ConvertSNNError, match="queries"):

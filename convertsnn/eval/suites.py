@@ -92,8 +92,9 @@ STANDARD = Suite(
     "standard",
     "Probe-ranked modes (model surrogate, sigmoid 20 / rect 0.25 / triangle 0.25 with detached "
     "reset, seed 000's sigmoid 4 and atan 2, STE, triangle 0.5, BPTR, ANN proxy, adaptive tuned "
-    "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4) + 100-query local search x "
-    "top-3, transfer from the source ANN, Square-300, APGD-CE-40.",
+    "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4) + local search (up to 500 "
+    "queries, stopped early far from the boundary) x top-3, transfer from the source ANN, "
+    "Square-300, APGD-CE-40.",
     candidates=(
         "native",
         *SHARP_MODES,
@@ -108,7 +109,7 @@ STANDARD = Suite(
     probe=True,
     stages=(
         Stage("fgsm", modes="top:6"),
-        Stage("pgd-search", {**SEARCH, "queries": 100}, "top:3"),
+        Stage("pgd-search", {**SEARCH, "queries": 500, "give_up": 6.0}, "top:3"),
         Stage("transfer", {"steps": 100}, "none"),
         Stage("square", {"queries": 300}, "none"),
     ),
