@@ -11,8 +11,9 @@ attack; clean errors count as broken) and wall time of:
   revision before evaluation v2), run in a subprocess on that revision's package;
 - outside attacks: pyautoattack ``standard`` and torchattacks PGD-100 / APGD-CE / APGD-DLR on
   the SNN in its own gradient mode, and an **independent attack** written here without
-  ``convertsnn.attacks``: its own IF simulation read from the saved file (chain graphs of
-  Normalize / Conv2d / Linear / AvgPool2d / Flatten / IFNeuron), its own sigmoid surrogate on
+  ``convertsnn.attacks``: its own IF simulation read from the saved file (graphs of
+  Normalize / Conv2d / Linear / AvgPool2d / Flatten / IFNeuron modules, residual additions and
+  flatten), its own sigmoid surrogate on
   ``(u - theta) / theta`` with the reset detached, PGD-100 with 2 restarts, step eps/4, keeping
   the first adversarial point found;
 - ``union``: the per-sample worst case of the outside attacks.
@@ -46,12 +47,18 @@ from safetensors.torch import load_file
 # --- the independent attack: nothing from convertsnn.attacks, only the saved file ----------
 
 
+# the graph functions the independent simulation reads (a residual sum, flatten)
+FUNCTIONS = {"operator.add": lambda a, b: a + b, "flatten": lambda a, d=1: a.flatten(d)}
+
+
 class IndependentSNN(torch.nn.Module):
     """The IF SNN of a convertsnn file, simulated from its tensors and graph JSON alone.
 
     Direct input coding, reset by subtraction, membrane starting at ``v_init * theta``, output
-    ``theta * spike``; readout = mean of the last layer over T. Backward: sigmoid surrogate of
-    slope ``slope`` on ``(u - theta) / theta`` (theta detached), reset detached."""
+    ``theta * spike``; the graph's nodes are evaluated in order (modules, residual additions,
+    flatten), all T steps folded into the batch; readout = mean of the last layer over T (or
+    over steps D..T-1 for a ``delay:D`` readout). Backward: sigmoid surrogate of slope
+    ``slope`` on ``(u - theta) / theta`` (theta detached), reset detached."""
 
     def __init__(self, path: str, timesteps: int | None, slope: float = 20.0) -> None:
         super().__init__()
@@ -59,52 +66,69 @@ class IndependentSNN(torch.nn.Module):
             document = json.loads(handle.metadata()["convertsnn"])
         self.tensors = load_file(path)
         self.timesteps = timesteps or document["timesteps"]
+        readout = document.get("readout", "mean")
+        self.delay = int(readout.partition(":")[2]) if readout.startswith("delay:") else 0
         self.slope = slope
-        modules = document["graph"]["modules"]
-        order = [n["target"] for n in document["graph"]["nodes"] if n["op"] == "call_module"]
-        calls = [n for n in document["graph"]["nodes"] if n["op"] not in ("placeholder", "output")]
-        if len(order) != len(calls):
-            raise SystemExit("the independent attack only reads chain graphs of modules")
-        self.layers = [(name, modules[name]["type"], modules[name]["config"]) for name in order]
+        self.modules_config = document["graph"]["modules"]
+        self.nodes = document["graph"]["nodes"]
+        for node in self.nodes:
+            if node["op"] in ("call_function", "call_method"):
+                if node["target"] not in FUNCTIONS:
+                    raise SystemExit(f"the independent attack does not read {node['target']}")
 
     def spike(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         hard = (x >= 0).to(x.dtype)
         soft = torch.sigmoid(self.slope * x / theta.detach())
         return hard + (soft - soft.detach())  # forward: step; backward: the surrogate
 
+    def module(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        p, kind = self.tensors, self.modules_config[name]["type"]
+        config, key = self.modules_config[name]["config"], f"body.{name}"
+        if kind == "Normalize":
+            shape = (1, -1, 1, 1)
+            return (x - p[f"{key}.mean"].view(shape)) / p[f"{key}.std"].view(shape)
+        if kind == "Conv2d":
+            return F.conv2d(x, p[f"{key}.weight"], p.get(f"{key}.bias"), config["stride"],
+                            config["padding"], config["dilation"], config["groups"])  # fmt: skip
+        if kind == "Linear":
+            return F.linear(x, p[f"{key}.weight"], p.get(f"{key}.bias"))
+        if kind == "AvgPool2d":
+            return F.avg_pool2d(x, config["kernel_size"], config["stride"], config["padding"])
+        if kind == "Flatten":
+            return x.flatten(1)
+        if kind == "IFNeuron":
+            theta = p[f"{key}.threshold"].clamp(min=config["min_threshold"])
+            if theta.dim() == 1:
+                theta = theta.view(1, -1, *([1] * (x.dim() - 2)))
+            seq = x.view(self.timesteps, -1, *x.shape[1:])
+            u = torch.zeros_like(seq[0]) + config["v_init"] * theta
+            out = []
+            for current in seq:
+                u = u + current
+                s = self.spike(u - theta, theta)
+                u = u - s.detach() * theta
+                out.append(s * theta)
+            return torch.stack(out).flatten(0, 1)
+        raise SystemExit(f"the independent attack does not read {kind} layers")
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        p = self.tensors
-        x = images.unsqueeze(0).expand(self.timesteps, *images.shape).flatten(0, 1)
-        for name, kind, config in self.layers:
-            key = f"body.{name}"
-            if kind == "Normalize":
-                shape = (1, -1, 1, 1)
-                x = (x - p[f"{key}.mean"].view(shape)) / p[f"{key}.std"].view(shape)
-            elif kind == "Conv2d":
-                x = F.conv2d(x, p[f"{key}.weight"], p.get(f"{key}.bias"), config["stride"],
-                             config["padding"], config["dilation"], config["groups"])  # fmt: skip
-            elif kind == "Linear":
-                x = F.linear(x, p[f"{key}.weight"], p.get(f"{key}.bias"))
-            elif kind == "AvgPool2d":
-                x = F.avg_pool2d(x, config["kernel_size"], config["stride"], config["padding"])
-            elif kind == "Flatten":
-                x = x.flatten(1)
-            elif kind == "IFNeuron":
-                theta = p[f"{key}.threshold"].clamp(min=config["min_threshold"])
-                if theta.dim() == 1:
-                    theta = theta.view(1, -1, *([1] * (x.dim() - 2)))
-                seq = x.view(self.timesteps, -1, *x.shape[1:])
-                u = torch.zeros_like(seq[0]) + config["v_init"] * theta
-                out = []
-                for current in seq:
-                    u = u + current
-                    s = self.spike(u - theta, theta)
-                    u = u - s.detach() * theta
-                    out.append(s * theta)
-                x = torch.stack(out).flatten(0, 1)
+        values = {}
+
+        def read(arg):
+            return values[arg["$node"]] if isinstance(arg, dict) and "$node" in arg else arg
+
+        for node in self.nodes:
+            args = [read(a) for a in node["args"]["$tuple"]]
+            if node["op"] == "placeholder":
+                x = images.unsqueeze(0).expand(self.timesteps, *images.shape).flatten(0, 1)
+            elif node["op"] == "call_module":
+                x = self.module(node["target"], args[0])
+            elif node["op"] == "output":
+                x = args[0]
             else:
-                raise SystemExit(f"the independent attack does not read {kind} layers")
-        return x.view(self.timesteps, -1, *x.shape[1:]).mean(0)
+                x = FUNCTIONS[node["target"]](*args)
+            values[node["name"]] = x
+        return x.view(self.timesteps, -1, *x.shape[1:])[self.delay :].mean(0)
 
 
 def independent_pgd(model, x, y, eps, steps=100, restarts=2, batch_size=100):
