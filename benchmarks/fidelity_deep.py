@@ -202,7 +202,7 @@ def tables(result: dict, level: str, label: str = "") -> list[str]:
 def variant_results(out: Path, config: dict) -> list[dict]:
     """The results of the neuron variants next to ``out`` measured on the same images."""
     found = []
-    bursts = sorted(out.parent.glob(f"{out.name}_burst*.json"), key=lambda p: len(p.name))
+    bursts = sorted(out.parent.glob(f"{out.name}_burst*.json"), key=lambda p: (len(p.name), p.name))
     for path in [out.with_name(f"{out.name}_signed.json"), *bursts]:
         if path.is_file():
             other = json.loads(path.read_text())
