@@ -18,7 +18,9 @@ the full run is ``--test-images 1000 --timesteps 2,4,8,16,32``.
         --models-dir ../shared/models
 
 Writes benchmarks/results/fidelity_deep.{json,md} (rows are saved as they finish; a rerun on
-the same images adds the rows and T that are missing).
+the same images adds the rows and T that are missing). The hardware-cost neuron variants,
+``--signed-spikes`` and ``--burst K``, write their own files (``fidelity_deep_signed``,
+``fidelity_deep_burstK``), whose tables fidelity_deep.md repeats in a section of their own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from convertsnn.convert import convert
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
 from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.snn.neurons import check_burst
 from convertsnn.snn.serialize import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +82,7 @@ def run(args) -> dict:
                     continue
                 start = time.process_time()
                 data = None if spec.startswith("bn") else calib
-                snn = convert(ann, data, t, spec, signed=args.signed_spikes)
+                snn = convert(ann, data, t, spec, signed=args.signed_spikes, burst=args.burst)
                 row["convert_cpu_seconds"][str(t)] = time.process_time() - start
                 row["accuracy"][str(t)] = accuracy(snn, test)
                 if "auto_calibration" in snn.metadata:
@@ -91,7 +94,7 @@ def run(args) -> dict:
                     f"({row['convert_cpu_seconds'][str(t)]:.0f} s CPU)",
                     flush=True,
                 )
-                save(result, args.out)
+                save(result, args.out, args.main)
     return result
 
 
@@ -101,6 +104,8 @@ def earlier_result(args) -> dict:
     config = {"test_images": args.test_images, "calib_images": args.calib_images}
     if args.signed_spikes:
         config["signed_spikes"] = True
+    if args.burst > 1:
+        config["burst"] = args.burst
     path = args.out.with_suffix(".json")
     if path.is_file():
         result = json.loads(path.read_text())
@@ -109,14 +114,29 @@ def earlier_result(args) -> dict:
     return {"commands": [], "config": config, "models": {}}
 
 
-def markdown(result: dict) -> str:
+def variant(config: dict) -> str:
+    """The neuron variant of a result, in words ("" for binary IF neurons)."""
+    if config.get("signed_spikes"):
+        return "signed spikes (hardware-cost variant)"
+    if config.get("burst", 1) > 1:
+        return f"burst neurons, K = {config['burst']} (hardware-cost variant)"
+    return ""
+
+
+def markdown(result: dict, variants: list[dict] = ()) -> str:
+    """The Markdown page of ``result``; ``variants`` (results of the hardware-cost neuron
+    variants on the same images) are appended in a section of their own."""
     config = result["config"]
-    steps = sorted({int(t) for m in result["models"].values() for r in m["rows"].values()
-                    for t in r["accuracy"]})  # fmt: skip
     signed = config.get("signed_spikes", False)
+    burst = config.get("burst", 1)
+    neurons = (
+        "IF neurons with signed (ternary) spikes, " if signed
+        else f"burst IF neurons (at most {burst} spikes per step), " if burst > 1
+        else "IF neurons, "
+    )  # fmt: skip
     lines = [
         "# Low-latency conversion of deep CIFAR-10 ResNets (no training)"
-        + (", signed spikes (hardware-cost variant)" if signed else ""),
+        + (f", {variant(config)}" if variant(config) else ""),
         "",
         "Commands (each adds the rows and T not measured yet):",
         "",
@@ -126,9 +146,7 @@ def markdown(result: dict) -> str:
         f"Test: the first {config['test_images']} lossless CIFAR-10 test images of `{LOSSLESS}` "
         f"(at 200 images one image is 0.5 points and the standard error about 3 points). "
         f"Calibration: its first {config['calib_images']} training images (`bn*` rows: none). "
-        "Accuracy in %; every method converted for each T; "
-        + ("IF neurons with signed (ternary) spikes, " if signed else "IF neurons, ")
-        + "reset by subtraction, "
+        "Accuracy in %; every method converted for each T; " + neurons + "reset by subtraction, "
         "membrane from theta/2 (unless `offset` moves it), direct input coding; the logits are "
         "averaged over all T steps except for `delay:` rows, whose readout skips the first D "
         "steps chosen on calibration images (listed under each table). CPU seconds: "
@@ -136,6 +154,28 @@ def markdown(result: dict) -> str:
         "cores of this machine, so only their order of magnitude is telling.",
         "",
     ]
+    lines += tables(result, "##")
+    if variants:
+        lines += [
+            "## Hardware-cost neuron variants (not binary spikes)",
+            "",
+            "Measured on the same images with the same calibration data, but with neurons that "
+            "binary-spike hardware does not have (docs/conversion.md); their own files hold "
+            "the settings. Commands:",
+            "",
+        ]
+        for other in variants:
+            lines += [*[f"    {command}" for command in other["commands"]], ""]
+        for other in variants:
+            lines += tables(other, "###", f", {variant(other['config'])}")
+    return "\n".join(lines)
+
+
+def tables(result: dict, level: str, label: str = "") -> list[str]:
+    """One accuracy table per model, with the calibrations chosen and the readouts."""
+    steps = sorted({int(t) for m in result["models"].values() for r in m["rows"].values()
+                    for t in r["accuracy"]})  # fmt: skip
+    lines = []
     for name, model in result["models"].items():
         header = ["method", *[f"T={t}" for t in steps], "conversion CPU s (T: s)"]
         table = []
@@ -144,7 +184,8 @@ def markdown(result: dict) -> str:
                     for t in steps]  # fmt: skip
             seconds = ", ".join(f"{t}: {s:.0f}" for t, s in row["convert_cpu_seconds"].items())
             table.append([f"`{spec}`", *accs, seconds])
-        lines += [f"## {name} (ANN {100 * model['ann_accuracy']:.1f} % on these images)", ""]
+        ann = f"ANN {100 * model['ann_accuracy']:.1f} % on these images"
+        lines += [f"{level} {name}{label} ({ann})", ""]
         lines += [format_table(header, table, markdown=True), ""]
         for spec, row in model["rows"].items():
             if row["chosen"]:
@@ -155,12 +196,32 @@ def markdown(result: dict) -> str:
                     f"T={t}: `{row['readout'].get(t, 'mean')}`" for t in row["accuracy"]
                 )
                 lines += [f"`{spec}` read out with {readouts}.", ""]
-    return "\n".join(lines)
+    return lines
 
 
-def save(result: dict, out: Path) -> None:
+def variant_results(out: Path, config: dict) -> list[dict]:
+    """The results of the neuron variants next to ``out`` measured on the same images."""
+    found = []
+    bursts = sorted(out.parent.glob(f"{out.name}_burst*.json"), key=lambda p: (len(p.name), p.name))
+    for path in [out.with_name(f"{out.name}_signed.json"), *bursts]:
+        if path.is_file():
+            other = json.loads(path.read_text())
+            same = {k: other["config"].get(k) for k in ("test_images", "calib_images")}
+            if same == config:
+                found.append(other)
+    return found
+
+
+def save(result: dict, out: Path, main: Path | None = None) -> None:
+    """Write ``out``.json/.md; a variant's result also rewrites the binary page ``main``."""
     write_json(out.with_suffix(".json"), result)
-    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown(result)))
+    pages = [(out, result)]
+    if main is not None and main.with_suffix(".json").is_file():
+        pages.append((main, json.loads(main.with_suffix(".json").read_text())))
+    for path, page in pages:
+        extra = [] if variant(page["config"]) else variant_results(path, page["config"])
+        text = markdown(page, extra)
+        atomic_write(path.with_suffix(".md"), lambda tmp, text=text: Path(tmp).write_text(text))
 
 
 def main() -> None:
@@ -178,11 +239,20 @@ def main() -> None:
         action="store_true",
         help="signed (ternary) neurons, a hardware-cost variant (default --out: ..._signed)",
     )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="burst neurons with up to K spikes per step, a hardware-cost variant "
+        "(default --out: ..._burstK)",
+    )
     args = parser.parse_args()
+    check_burst(args.burst, signed=args.signed_spikes)
     results = ROOT / "benchmarks/results"
+    suffix = "_signed" if args.signed_spikes else f"_burst{args.burst}" if args.burst > 1 else ""
+    args.main = (results / "fidelity_deep") if suffix and args.out is None else None
     if args.out is None:
-        name = "fidelity_deep_signed" if args.signed_spikes else "fidelity_deep"
-        args.out = results / name
+        args.out = results / f"fidelity_deep{suffix}"
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     torch.manual_seed(0)
     run(args)

@@ -20,6 +20,7 @@ from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, load_ann, source_stem
 from convertsnn.snn.network import check_timesteps
+from convertsnn.snn.neurons import check_burst
 from convertsnn.snn.serialize import check_writable, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
 
@@ -92,6 +93,14 @@ def _preprocessing(
     help="Signed (ternary) spikes that take back over-firing: a hardware-cost variant, not for "
     "binary-spike hardware (docs/conversion.md).",
 )
+@click.option(
+    "--burst",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Most spikes a neuron sends per step (K >= 2: burst neurons, a hardware-cost variant, "
+    "not for binary-spike hardware; 1: binary; docs/conversion.md).",
+)
 @click.option("--arch", help="Architecture of a plain state dict (see `convertsnn models`).")
 @click.option("--mean", help="Per-channel input mean, e.g. 0.4914,0.4822,0.4465.")
 @click.option("--std", help="Per-channel input std.")
@@ -112,7 +121,7 @@ def _preprocessing(
 @device_option
 def command(
     source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
-    surrogate, signed_spikes, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
+    surrogate, signed_spikes, burst, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
 ) -> None:  # fmt: skip
     """Convert the ANN SOURCE into a spiking network file.
 
@@ -127,6 +136,7 @@ def command(
     if batch_size < 1:
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
     parse_surrogate(surrogate)
+    check_burst(burst, reset, signed_spikes)
     device = resolve_device(device)
     path = Path(out or f"{source_stem(source)}_snn_T{timesteps}.safetensors")
     check_writable(path)
@@ -154,7 +164,7 @@ def command(
     snn = convert(
         ann.model, loader, timesteps=timesteps, calibration=calibration, neuron=neuron,
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
-        metadata=metadata, signed=signed_spikes,
+        metadata=metadata, signed=signed_spikes, burst=burst,
     )  # fmt: skip
     save_snn(snn, path)
     if data_free_note:

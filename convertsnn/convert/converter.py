@@ -17,7 +17,7 @@ from convertsnn.convert.calibration import CalibrationMethod, get_calibration
 from convertsnn.convert.graph import activation_names, prepare_ann
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork, check_timesteps
-from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.neurons import IFNeuron, check_burst
 
 NEURON_TYPES = ("if", "lif")
 
@@ -89,6 +89,7 @@ def convert(
     device: str | torch.device = "cpu",
     metadata: dict | None = None,
     signed: bool = False,
+    burst: int = 1,
 ) -> SpikingNetwork:
     """Convert a ReLU ANN (taking images in [0, 1]) into a :class:`SpikingNetwork`.
 
@@ -106,6 +107,8 @@ def convert(
         metadata: extra facts to store with the model (source, preprocessing, ...).
         signed: signed (ternary) spikes that take back over-firing, a hardware-cost variant
             (see :class:`IFNeuron`; off by default).
+        burst: the most spikes a neuron sends per step, K (Li and Zeng, IJCAI 2022; see
+            :class:`IFNeuron`); 1, the default, is binary, K >= 2 a hardware-cost variant.
     """
     if not isinstance(ann, nn.Module):
         raise ConvertSNNError(f"convert takes a torch.nn.Module ANN, got {type(ann).__name__}")
@@ -119,6 +122,7 @@ def convert(
         check_calibration_data(calib, (metadata or {}).get("input_size"))
     if signed and reset != "subtract":
         raise ConvertSNNError("signed spikes need reset by subtraction (reset='subtract')")
+    check_burst(burst, reset, signed)
     if neuron not in NEURON_TYPES:
         raise ConvertSNNError(f"unknown neuron '{neuron}'; choose one of {', '.join(NEURON_TYPES)}")
     if neuron == "if":
@@ -134,8 +138,9 @@ def convert(
     names = activation_names(gm)
     thresholds = method.thresholds(gm, names, calib, device)
     body = replace_activations(
-        gm, thresholds, leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, signed=signed
-    )
+        gm, thresholds, leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, signed=signed,
+        burst=burst,
+    )  # fmt: skip
     meta = dict(metadata or {})
     meta["conversion"] = {
         "calibration": str(method),
@@ -148,6 +153,10 @@ def convert(
     if signed:
         meta["conversion"]["signed_spikes"] = (
             "hardware-cost variant: spikes of -1 take back over-firing"
+        )
+    if burst > 1:
+        meta["conversion"]["burst_spikes"] = (
+            f"hardware-cost variant: up to {burst} spikes per neuron and step"
         )
     snn = SpikingNetwork(body, timesteps, metadata=meta).to(device)
     method.correct_snn(snn, calib, device)

@@ -17,6 +17,12 @@ def _count(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _steps(profile: Profile) -> str:
+    """T, with the warm-up steps of a delayed readout among them."""
+    delay = profile.readout_delay
+    return f"{profile.timesteps} ({delay} warm-up)" if delay else str(profile.timesteps)
+
+
 def profile_tables(profile: Profile, markdown: bool = False) -> str:
     """Spiking layers, synaptic layers and totals as three tables."""
     neurons = format_table(
@@ -38,16 +44,24 @@ def profile_tables(profile: Profile, markdown: bool = False) -> str:
     totals = format_table(
         ["T", "spikes/image", "ANN MACs", "SNN SOPs", "SNN MACs", "ANN uJ", "SNN uJ",
          "SNN/ANN energy", "settles at step", "accuracy %"],
-        [[str(profile.timesteps), _count(total["spikes_per_image"]), _count(total["ann_macs"]),
+        [[_steps(profile), _count(total["spikes_per_image"]), _count(total["ann_macs"]),
           _count(total["snn_sops"]), _count(total["snn_macs"]), f"{total['ann_energy_uj']:.3g}",
           f"{total['snn_energy_uj']:.3g}", f"{total['energy_ratio_snn_ann']:.3f}",
           f"{profile.settle_step_mean:.2f}", f"{100 * profile.accuracy:.2f}"]],
         markdown,
     )  # fmt: skip
+    delay = profile.readout_delay
+    warmup = (
+        f" The readout skips the first {delay} steps (delay:{delay}): they run and their "
+        "spikes and operations are counted above, but no prediction is read before step "
+        f"{delay + 1}."
+        if delay
+        else ""
+    )
     note = (
         f"Per image, over {profile.images} images of {profile.data}; energy at "
         f"E_MAC={profile.e_mac_pj:g} pJ, E_AC={profile.e_ac_pj:g} pJ ({SOURCE}, 45 nm, fp32); "
-        f"{100 * profile.settled_before_t:.1f}% of predictions settle before step T."
+        f"{100 * profile.settled_before_t:.1f}% of predictions settle before step T.{warmup}"
     )
     return "\n\n".join([neurons, synapses, totals, note])
 
@@ -77,12 +91,14 @@ def plot_profile(profile: Profile, folder: str | os.PathLike) -> list[Path]:
     ax.bar(x, means, color="tab:blue", label="mean")
     ax.vlines(x, low, high, color="black", label="10-90 % of neurons")
     ax.set_xticks(list(x), [n.name for n in layers], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("firing rate (% of steps)")
+    ax.set_ylabel("firing rate (spikes per neuron per step, %)")
     ax.set_title(f"{profile.model}: firing rate per layer", fontsize=9)
     ax.legend(fontsize=8)
     first = _save(fig, folder / "firing_rates.png")
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     steps = range(1, profile.timesteps + 1)
+    if profile.readout_delay:
+        ax.axvspan(0.5, profile.readout_delay + 0.5, color="0.9", label="warm-up (not read out)")
     for n in layers:
         ax.plot(steps, n.spikes_per_step, marker=".", label=n.name.lstrip("_"))
     ax.set_xlabel("time step t")

@@ -6,6 +6,7 @@ neuron becomes T copies of its update, written with ordinary ONNX ops::
 
     h = leak * u + I[t]                      (Mul, Add)
     s = Cast(GreaterOrEqual(h, theta))        binary spikes: the Heaviside step as a comparison
+      | Clip(Floor(h / theta), 0, K)          burst neurons: up to K spikes per step
     u = h - s * theta   |   h * (1 - s)       reset by subtraction | to zero
     out[t] = s * theta
 
@@ -50,6 +51,7 @@ class UnrolledNeuron(nn.Module):
         self.reset_zero = neuron.reset == "zero"
         self.v_init = neuron.v_init
         self.signed = neuron.signed
+        self.burst = neuron.burst
         theta = neuron.threshold.detach().clamp(min=neuron.min_threshold)
         self.register_buffer("theta", theta.clone())
         gain = neuron.gain.detach() if isinstance(neuron, DLIFNeuron) else None
@@ -66,7 +68,10 @@ class UnrolledNeuron(nn.Module):
         for t in range(self.timesteps):
             current = seq[t] if self.gain is None else self.gain[t] * seq[t]
             h = current + self.leak * u
-            spike = (h >= theta).to(x.dtype)
+            if self.burst > 1:  # burst neurons: reset by subtraction
+                spike = torch.floor(h / theta).clamp(0, self.burst)
+            else:
+                spike = (h >= theta).to(x.dtype)
             if count is not None:  # signed neurons: negative spikes, reset by subtraction
                 spike = spike - ((h < 0) & (count > 0)).to(x.dtype)
                 count = count + spike

@@ -25,6 +25,15 @@ membrane falls below 0 emits a negative spike, ``out[t] = -theta``, and its memb
 by theta. Over-firing (spikes sent early for input that later turns negative) is taken back, so
 the net count tracks the rounded running input, never below 0. It costs what binary neurons do
 not: a second comparison, a spike counter per neuron, and synapses that accept -1 spikes.
+
+Burst spikes, ``burst=K`` with K >= 2, off by default (K = 1 is the binary neuron): a
+hardware-cost variant after Li and Zeng (IJCAI 2022, "Efficient and accurate conversion of
+spiking neural network with burst spikes"). At each step the neuron emits
+``s[t] = clamp(floor(u[t] / theta), 0, K)`` spikes, each worth theta (``out[t] = s[t] * theta``),
+and its membrane drops by ``s[t] * theta`` (reset by subtraction only). A membrane that has
+charged past 2 theta (input arriving unevenly, or a current above theta) is passed on at once
+instead of over later steps, and a neuron can send up to ``K * theta`` per step. It costs a
+divider (or K comparisons) per neuron and up to K synaptic events per neuron and step.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
 GRADIENT_MODES = ("bptt", "bptr", "ann")
+MAX_BURST = 255  # burst spike counts are kept as uint8 for the backward pass
 RESETS = ("subtract", "zero")
 
 
@@ -63,6 +73,11 @@ class IFNeuron(nn.Module):
         min_threshold: thresholds are clamped to at least this value in the forward pass.
         signed: emit negative spikes that take back earlier positive ones (see the module doc;
             a hardware-cost variant, off by default).
+        burst: at most this many spikes per step (see the module doc; 1, the default, is the
+            binary neuron; K >= 2 is a hardware-cost variant and needs reset by subtraction).
+            Surrogate gradient of a burst: the surrogate family is applied around each of the
+            K thresholds ``k * theta`` and summed (``ds/du = sum_k f'(u - k theta)``), except
+            in :meth:`simulate`, where only the first threshold passes a gradient.
 
     Gradient modes (attribute ``gradient_mode``): ``"bptt"`` backpropagates through time with
     the surrogate; ``"bptr"`` backpropagates through the firing rate (the gradient of ReLU at the
@@ -79,6 +94,7 @@ class IFNeuron(nn.Module):
         surrogate: str | Surrogate = "triangle:1",
         min_threshold: float = 1e-3,
         signed: bool = False,
+        burst: int = 1,
     ) -> None:
         super().__init__()
         if not 0 < leak <= 1:
@@ -87,6 +103,7 @@ class IFNeuron(nn.Module):
             raise ConvertSNNError(f"unknown reset '{reset}'; choose one of {', '.join(RESETS)}")
         if signed and reset != "subtract":
             raise ConvertSNNError("signed spikes need reset by subtraction (reset='subtract')")
+        self.burst = check_burst(burst, reset, signed)
         self.threshold = nn.Parameter(torch.as_tensor(threshold, dtype=torch.float32).clone())
         self.leak = float(leak)
         self.reset = reset
@@ -98,8 +115,8 @@ class IFNeuron(nn.Module):
         self.gradient_mode = "bptt"
 
     def config(self) -> dict:
-        """Constructor arguments except the threshold (which is a parameter); ``signed`` only
-        when set, so files of binary neurons are written as before."""
+        """Constructor arguments except the threshold (which is a parameter); ``signed`` and
+        ``burst`` only when set, so files of binary neurons are written as before."""
         config = {
             "leak": self.leak,
             "reset": self.reset,
@@ -107,7 +124,11 @@ class IFNeuron(nn.Module):
             "surrogate": str(self.surrogate),
             "min_threshold": self.min_threshold,
         }
-        return {**config, "signed": True} if self.signed else config
+        if self.signed:
+            config["signed"] = True
+        if self.burst > 1:
+            config["burst"] = self.burst
+        return config
 
     def extra_repr(self) -> str:
         shape = tuple(self.threshold.shape)
@@ -132,9 +153,11 @@ class IFNeuron(nn.Module):
         needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
         settings = (self.leak, self.reset == "zero", self.v_init)
         if not needs_grad and (self.signed or isinstance(self.surrogate, Surrogate)):
-            return integrate_and_fire(seq, theta, *settings, signed=self.signed)[0].flatten(0, 1)
+            out = integrate_and_fire(seq, theta, *settings, signed=self.signed, burst=self.burst)
+            return out[0].flatten(0, 1)
         if isinstance(self.surrogate, Surrogate) and not self.signed:
-            return _IFDynamics.apply(seq, theta, *settings, self.surrogate).flatten(0, 1)
+            dynamics = (*settings, self.surrogate, self.burst)
+            return _IFDynamics.apply(seq, theta, *dynamics).flatten(0, 1)
         return self.simulate(seq, theta, self.surrogate).flatten(0, 1)
 
     def simulate(self, seq: torch.Tensor, theta: torch.Tensor, surrogate) -> torch.Tensor:
@@ -144,6 +167,8 @@ class IFNeuron(nn.Module):
         and whose ``detach_reset`` (default False) excludes the reset from the graph (e.g.
         the adaptive surrogate of :mod:`convertsnn.attacks.adaptive_surrogate`). For a plain
         :class:`Surrogate` the forward pass uses the equivalent, faster :class:`_IFDynamics`.
+        Burst neurons: the spike count of the forward pass, with the gradient of the surrogate
+        around the first threshold only (the surrogate is called once per step).
         """
         u = torch.zeros_like(seq[0]) + self.v_init * theta
         detach_reset = surrogate.detach_reset
@@ -152,6 +177,10 @@ class IFNeuron(nn.Module):
         for current in seq:
             u = self.leak * u + current
             spike = surrogate.spike(u - theta, theta)
+            if self.burst > 1:  # the count forward, the first threshold's surrogate backward
+                spike = burst_count(u.detach(), theta.detach(), self.burst) + (
+                    spike - spike.detach()
+                )
             if count is not None:  # negative spikes (no surrogate gradient of their own)
                 spike = spike - ((u < 0) & (count > 0)).to(u.dtype)
                 count = count + spike.detach()
@@ -169,18 +198,23 @@ def integrate_and_fire(
     v_init: float,
     keep: bool = False,
     signed: bool = False,
+    burst: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The forward dynamics of :meth:`IFNeuron.simulate`, in place and without autograd.
 
     Returns ``(out, membrane, spikes)``: ``out = theta * spikes`` ``[T, B, ...]``; with ``keep``
-    also the pre-spike membrane ``h[t]`` and the spikes as ``bool`` (what the backward pass of
-    :class:`_IFDynamics` needs), else ``None`` for both. Per step about four full-tensor kernels
-    (five for LIF); one membrane ``[B, ...]`` is updated in place and nothing else is stored.
-    Spikes and outputs are bit-identical to :meth:`IFNeuron.simulate`. ``signed`` (not with
-    ``keep``) adds the negative spikes of signed neurons (the ``out`` only).
+    also the pre-spike membrane ``h[t]`` and the spikes as ``bool`` (``uint8`` counts for burst
+    neurons; what the backward pass of :class:`_IFDynamics` needs), else ``None`` for both. Per
+    step about four full-tensor kernels (five for LIF); one membrane ``[B, ...]`` is updated in
+    place and nothing else is stored. Spikes and outputs are bit-identical to
+    :meth:`IFNeuron.simulate`. ``signed`` (not with ``keep``) adds the negative spikes of signed
+    neurons (the ``out`` only); ``burst`` > 1 emits up to that many spikes per step (reset by
+    subtraction only).
     """
     if signed:
         return _signed_integrate_and_fire(seq, theta, leak, v_init), None, None
+    if burst > 1:
+        return _burst_integrate_and_fire(seq, theta, leak, v_init, keep, burst)
     out = torch.empty_like(seq)
     membrane = torch.empty_like(seq) if keep else None
     spikes = torch.empty(seq.shape, dtype=torch.bool, device=seq.device) if keep else None
@@ -218,6 +252,46 @@ def _signed_integrate_and_fire(
     return out
 
 
+def check_burst(burst: int, reset: str = "subtract", signed: bool = False) -> int:
+    """``burst`` as the most spikes per step K (1 = binary), refused in one line unless an
+    integer from 1 to 255 with reset by subtraction and without signed spikes."""
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_BURST:
+        raise ConvertSNNError(
+            f"burst is the most spikes per step, an integer from 1 (binary) to {MAX_BURST}, "
+            f"got {burst!r}"
+        )
+    if burst > 1 and reset != "subtract":
+        raise ConvertSNNError("burst spikes need reset by subtraction (reset='subtract')")
+    if burst > 1 and signed:
+        raise ConvertSNNError("burst and signed spikes cannot be combined; choose one")
+    return burst
+
+
+def burst_count(h: torch.Tensor, theta: torch.Tensor, burst: int) -> torch.Tensor:
+    """Spikes of a burst neuron at membrane ``h``: ``clamp(floor(h / theta), 0, burst)``."""
+    return torch.floor(h / theta).clamp_(0, burst)
+
+
+def _burst_integrate_and_fire(
+    seq: torch.Tensor, theta: torch.Tensor, leak: float, v_init: float, keep: bool, burst: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`integrate_and_fire` for burst neurons (reset by subtraction); with ``keep`` the
+    spike counts come back as ``uint8``."""
+    out = torch.empty_like(seq)
+    membrane = torch.empty_like(seq) if keep else None
+    spikes = torch.empty(seq.shape, dtype=torch.uint8, device=seq.device) if keep else None
+    u = torch.zeros_like(seq[0]) + v_init * theta
+    for t in range(len(seq)):
+        h = leak * u + seq[t]
+        count = burst_count(h, theta, burst)
+        if keep:
+            membrane[t] = h
+            spikes[t] = count
+        torch.mul(count, theta, out=out[t])
+        u = h - out[t]
+    return out, membrane, spikes
+
+
 class _IFDynamics(torch.autograd.Function):
     """The IF/LIF dynamics of :meth:`IFNeuron.simulate` with a hand-written BPTT.
 
@@ -233,22 +307,28 @@ class _IFDynamics(torch.autograd.Function):
     The threshold gradient is computed only when the threshold needs one (not during attacks
     on a frozen model) and is reduced to the threshold's shape at every step.
     With ``surrogate.detach_reset`` the spike in the reset is a constant: ``gs = go*theta``.
+    Burst neurons (``s = clamp(floor(h / theta), 0, K)``, reset by subtraction): ``sg`` becomes
+    ``sum_k surrogate'(h - k theta)`` and the threshold term ``gs*sg`` becomes
+    ``gs * sum_k k surrogate'(h - k theta)`` (the surrogate around each of the K thresholds).
     """
 
     @staticmethod
-    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
-        out, membrane, spikes = integrate_and_fire(seq, theta, leak, reset_zero, v_init, True)
+    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate, burst=1):  # type: ignore[override]
+        out, membrane, spikes = integrate_and_fire(
+            seq, theta, leak, reset_zero, v_init, True, burst=burst
+        )
         ctx.save_for_backward(membrane, spikes, theta)
         ctx.settings = (leak, reset_zero, v_init, surrogate)
+        ctx.burst = burst
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         membrane, spikes, theta = ctx.saved_tensors
         grad_in, grad_theta = backprop_through_time(
-            grad_out, membrane, spikes, theta, *ctx.settings, ctx.needs_input_grad[1]
+            grad_out, membrane, spikes, theta, *ctx.settings, ctx.needs_input_grad[1], ctx.burst
         )
-        return grad_in, grad_theta, None, None, None, None
+        return grad_in, grad_theta, None, None, None, None, None
 
 
 def backprop_through_time(
@@ -261,6 +341,7 @@ def backprop_through_time(
     v_init: float,
     surrogate: Surrogate,
     need_theta: bool,
+    burst: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The backward pass of :class:`_IFDynamics`: gradients of the input currents and (when
     ``need_theta``) of the threshold, from the output gradient and what the forward kept."""
@@ -272,6 +353,11 @@ def backprop_through_time(
     for t in range(len(membrane) - 1, -1, -1):
         h, go, spike = membrane[t], grad_out[t], spikes[t]
         sg = surrogate.derivative(h - theta, theta)
+        sg_theta = sg  # ds/dtheta = -sg_theta
+        if burst > 1:
+            above = {k: surrogate.derivative(h - k * theta, theta) for k in range(2, burst + 1)}
+            sg_theta = sg + sum(k * d for k, d in above.items())
+            sg = sg + sum(above.values())
         if reset_zero:
             gs = go * theta if detach_reset else go * theta - gu * h
             gssg = gs * sg
@@ -280,10 +366,12 @@ def backprop_through_time(
                 grad_theta.append(reduce(go * spike - gssg))
         else:
             d = go - gu
-            gssg = torch.mul(go if detach_reset else d, theta).mul_(sg)
+            gs = torch.mul(go if detach_reset else d, theta)
+            gssg = gs * sg if burst > 1 else gs.mul_(sg)
             gh = torch.add(gu, gssg, out=grad_in[t])
             if need_theta:
-                grad_theta.append(reduce(d.mul_(spike).sub_(gssg)))
+                gs_theta = gs.mul_(sg_theta) if burst > 1 else gssg
+                grad_theta.append(reduce(d.mul_(spike).sub_(gs_theta)))
         gu = gh if leak == 1.0 else gh * leak
     if not need_theta:
         return grad_in, None
@@ -296,7 +384,7 @@ class _RateBackprop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, seq: torch.Tensor, theta: torch.Tensor, neuron: IFNeuron):  # type: ignore[override]
         settings = (neuron.leak, neuron.reset == "zero", neuron.v_init)
-        out = integrate_and_fire(seq, theta, *settings, signed=neuron.signed)[0]
+        out = integrate_and_fire(seq, theta, *settings, signed=neuron.signed, burst=neuron.burst)[0]
         ctx.save_for_backward((out.mean(0, keepdim=True) > 0).to(seq.dtype))
         return out
 

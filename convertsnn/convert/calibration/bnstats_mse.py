@@ -49,7 +49,8 @@ class BNStatsMSE(BNStats):
             values = values[values > 0]
             top = neuron.threshold.detach().max().item()
             if values.numel():
-                theta = best_threshold(values, top, snn.timesteps, neuron.v_init, self.grid)
+                settings = (snn.timesteps, neuron.v_init, self.grid, neuron.burst)
+                theta = best_threshold(values, top, *settings)
                 neuron.threshold.data = torch.full_like(neuron.threshold.data, theta)
 
     def __str__(self) -> str:

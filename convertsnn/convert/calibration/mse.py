@@ -11,7 +11,9 @@ A large threshold wastes resolution (steps of ``theta / T``), a small one clips;
 trade-off depends on T. For each layer, the threshold is searched on a grid of fractions of the
 layer's maximum activation to minimise ``mean((q(a) - relu(a))^2)`` over a sample of the
 layer's positive activations. The search needs T, so it runs on the converted SNN (for its
-``timesteps``), from the samples taken during calibration.
+``timesteps``), from the samples taken during calibration. For burst neurons (up to K spikes per
+step, :class:`~convertsnn.snn.neurons.IFNeuron`) the output is clamped at ``K T`` spikes instead
+of T, so the search finds the finer threshold they can afford.
 
 Spec: ``mse[:grid=100]``.
 """
@@ -27,14 +29,14 @@ from convertsnn.errors import ConvertSNNError
 
 
 def best_threshold(
-    values: torch.Tensor, top: float, timesteps: int, v_init: float, grid: int
+    values: torch.Tensor, top: float, timesteps: int, v_init: float, grid: int, burst: int = 1
 ) -> float:
-    """The threshold in ``top * (1..grid)/grid`` whose T-level output is closest (MSE) to
-    ``values`` (positive activations)."""
+    """The threshold in ``top * (1..grid)/grid`` whose T-level output (``burst * T`` levels for
+    burst neurons) is closest (MSE) to ``values`` (positive activations)."""
     best, best_error = top, float("inf")
     for i in range(1, grid + 1):
         theta = top * i / grid
-        q = torch.floor(values * timesteps / theta + v_init).clamp(0, timesteps) * (
+        q = torch.floor(values * timesteps / theta + v_init).clamp(0, burst * timesteps) * (
             theta / timesteps
         )
         error = (q - values).pow(2).mean().item()
@@ -66,7 +68,9 @@ class MSEThreshold(MaxNorm):
                 continue
             obs = self.observers[name]
             values = torch.cat(obs.samples)
-            theta = best_threshold(values, obs.max.item(), snn.timesteps, module.v_init, self.grid)
+            theta = best_threshold(
+                values, obs.max.item(), snn.timesteps, module.v_init, self.grid, module.burst
+            )
             module.threshold.data = torch.full_like(module.threshold.data, theta)
 
     def __str__(self) -> str:
