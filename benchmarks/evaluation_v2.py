@@ -71,6 +71,16 @@ class IndependentSNN(torch.nn.Module):
         self.slope = slope
         self.modules_config = document["graph"]["modules"]
         self.nodes = document["graph"]["nodes"]
+        for name, module in self.modules_config.items():
+            config = module["config"]
+            if module["type"] == "IFNeuron" and (
+                config.get("signed") or config.get("burst", 1) != 1 or config["leak"] != 1
+                or config["reset"] != "subtract"
+            ):  # fmt: skip
+                raise SystemExit(
+                    f"the independent attack simulates binary IF neurons with reset by "
+                    f"subtraction only; {name} is {config}"
+                )
         for node in self.nodes:
             if node["op"] in ("call_function", "call_method"):
                 if node["target"] not in FUNCTIONS:
