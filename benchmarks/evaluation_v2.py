@@ -55,7 +55,7 @@ class IndependentSNN(torch.nn.Module):
     """The IF SNN of a convertsnn file, simulated from its tensors and graph JSON alone.
 
     Direct input coding, reset by subtraction, membrane starting at ``v_init * theta``, output
-    ``theta * spike``; the graph's nodes are evaluated in order (modules, residual additions,
+    ``theta * spikes`` (burst neurons: up to K spikes per step); the graph's nodes are evaluated in order (modules, residual additions,
     flatten), all T steps folded into the batch; readout = mean of the last layer over T (or
     over steps D..T-1 for a ``delay:D`` readout). Backward: sigmoid surrogate of slope
     ``slope`` on ``(u - theta) / theta`` (theta detached), reset detached."""
@@ -74,22 +74,26 @@ class IndependentSNN(torch.nn.Module):
         for name, module in self.modules_config.items():
             config = module["config"]
             if module["type"] == "IFNeuron" and (
-                config.get("signed") or config.get("burst", 1) != 1 or config["leak"] != 1
-                or config["reset"] != "subtract"
-            ):  # fmt: skip
+                config.get("signed") or config["leak"] != 1 or config["reset"] != "subtract"
+            ):
                 raise SystemExit(
-                    f"the independent attack simulates binary IF neurons with reset by "
-                    f"subtraction only; {name} is {config}"
+                    f"the independent attack simulates IF neurons (binary or burst) with reset "
+                    f"by subtraction only; {name} is {config}"
                 )
         for node in self.nodes:
             if node["op"] in ("call_function", "call_method"):
                 if node["target"] not in FUNCTIONS:
                     raise SystemExit(f"the independent attack does not read {node['target']}")
 
-    def spike(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        hard = (x >= 0).to(x.dtype)
-        soft = torch.sigmoid(self.slope * x / theta.detach())
-        return hard + (soft - soft.detach())  # forward: step; backward: the surrogate
+    def spike(self, u: torch.Tensor, theta: torch.Tensor, burst: int) -> torch.Tensor:
+        """Forward: ``clamp(floor(u / theta), 0, burst)`` spikes (a step at theta for binary
+        neurons); backward: the sigmoid surrogate around the first threshold."""
+        if burst == 1:
+            hard = (u.detach() - theta.detach() >= 0).to(u.dtype)
+        else:
+            hard = (u.detach() / theta.detach()).floor().clamp(0, burst)
+        soft = torch.sigmoid(self.slope * (u - theta) / theta.detach())
+        return hard + (soft - soft.detach())
 
     def module(self, name: str, x: torch.Tensor) -> torch.Tensor:
         p, kind = self.tensors, self.modules_config[name]["type"]
@@ -115,7 +119,7 @@ class IndependentSNN(torch.nn.Module):
             out = []
             for current in seq:
                 u = u + current
-                s = self.spike(u - theta, theta)
+                s = self.spike(u, theta, config.get("burst", 1))
                 u = u - s.detach() * theta
                 out.append(s * theta)
             return torch.stack(out).flatten(0, 1)
