@@ -189,9 +189,7 @@ def main() -> None:
         help="the best row's objective (default: ard or rslad, whichever the held-out quick "
         "suite prefers; both are then trained)",
     )
-    parser.add_argument(
-        "--modes", default=MODES, help="the best row's inner-attack gradient modes"
-    )
+    parser.add_argument("--modes", default=MODES, help="the best row's inner-attack gradient modes")
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--suite", default="quick", choices=("quick", "standard"))
     parser.add_argument("--eval-batch-size", type=int, default=100)
