@@ -184,6 +184,24 @@ def outside_library_attacks(snn, x, y, eps, batch_size) -> dict[str, tuple[torch
     return out
 
 
+def suite_details(result) -> dict:
+    """Which run broke each image (``None``: survives), the runs, the families (``s001``) and
+    the suite's own image-pass cost."""
+    ensemble = result.ensemble
+    labels = [r.label for r in ensemble.records]
+    return {
+        "broken_by": [labels[b] if b >= 0 else None for b in ensemble.breaker.tolist()],
+        "runs": [
+            {"label": r.label, "attacked": r.attacked, "lowered": r.lowered, "seconds": r.seconds}
+            for r in ensemble.records
+        ],
+        "families": {g: float((c > 0).float().mean()) for g, c in ensemble.groups.items()}
+        if len(ensemble.groups) > 1
+        else {},
+        "pgd20_ratio_passes": result.cost()["pgd20_ratio"],
+    }
+
+
 def judge(snn, adv, y) -> torch.Tensor:
     with torch.no_grad():
         return snn(adv).argmax(1) == y
@@ -257,7 +275,7 @@ def main() -> None:
     from convertsnn.data import load_dataset
     from convertsnn.eval.settings import EvalSettings
     from convertsnn.eval.suites import native_mode, run_suite
-    from convertsnn.snn.serialize import atomic_write, load_snn
+    from convertsnn.snn.serialize import load_snn
 
     snn = load_snn(args.snn)
     if args.timesteps:
@@ -277,10 +295,12 @@ def main() -> None:
         base = WorstCase(snn, settings)
         pgd = base.run(x, y, [Run.of("pgd", native_mode(snn), steps=20)])
         rows["PGD-20 [native] (cost baseline)"] = (pgd.correct > 0, time.perf_counter() - start)
+        suites: dict[str, dict] = {}
         for name in args.suites:
             start = time.perf_counter()
             result = run_suite(name, snn, x, y, settings)
             rows[f"new {name}"] = (result.ensemble.correct > 0, time.perf_counter() - start)
+            suites[f"new {name}"] = suite_details(result)
         if args.old_suites:
             rows.update(old_suites(old_rev, args.snn, snn.timesteps, x, y, eps, args.old_suites))
         outside: dict[str, tuple[torch.Tensor, float]] = {}
@@ -311,13 +331,19 @@ def main() -> None:
                 }
                 for name, (c, s) in rows.items()
             },
+            "suites": suites,
         }
-    path = Path(args.results)
+        write_results(Path(args.results), document)  # after every eps: long runs keep their rows
+    print(report(document))
+
+
+def write_results(path: Path, document: dict) -> None:
+    from convertsnn.snn.serialize import atomic_write
+
     text = json.dumps(document, indent=2)
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n"))
     markdown = report(document)
     atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown))
-    print(markdown)
 
 
 def report(document: dict) -> str:
@@ -349,6 +375,10 @@ def report(document: dict) -> str:
             robust = rows[name]["robust"]
             lines.append(f"- {name}: {100 * (robust - best):+.1f} points vs the best outside "
                          f"attack, {100 * (robust - union):+.1f} vs their union.")  # fmt: skip
+            families = entry.get("suites", {}).get(name, {}).get("families", {})
+            if families:
+                lines.append("  Per family: " + ", ".join(f"{g} {100 * r:.1f} %"
+                                                          for g, r in families.items()) + ".")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
