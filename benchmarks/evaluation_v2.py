@@ -18,6 +18,10 @@ attack; clean errors count as broken) and wall time of:
   the first adversarial point found;
 - ``union``: the per-sample worst case of the outside attacks.
 
+``--outside-from FILE.json`` takes the outside attacks' per-sample results from an earlier run
+of the same model (first images, same eps) instead of running them again, e.g. to add the
+costly ``s001`` suite on the first 100 of 500 images.
+
 Targets (issue 14): ``standard`` <= every outside attack + 0.5 point and <= their union + 1;
 ``full`` <= the union; cost of ``standard`` <= 20x PGD-20, ``quick`` <= 5x. Run from the
 repository root; results go to ``--results``.{json,md}::
@@ -266,6 +270,9 @@ def main() -> None:
     parser.add_argument("--old-suites", nargs="*", default=["quick"])
     parser.add_argument("--old-rev", default=OLD_REV)
     parser.add_argument("--no-libraries", action="store_true")
+    parser.add_argument("--outside-from", default=None,
+                        help="reuse the outside attacks of this earlier results JSON (same "
+                        "model, T, eps; at least as many images) instead of running them")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--results", default="benchmarks/results/evaluation_v2")
     args = parser.parse_args()
@@ -303,38 +310,56 @@ def main() -> None:
             suites[f"new {name}"] = suite_details(result)
         if args.old_suites:
             rows.update(old_suites(old_rev, args.snn, snn.timesteps, x, y, eps, args.old_suites))
-        outside: dict[str, tuple[torch.Tensor, float]] = {}
-        torch.manual_seed(0)
-        start = time.perf_counter()
         independent = IndependentSNN(args.snn, snn.timesteps)
         with torch.no_grad():
             agree = (independent(x).argmax(1) == snn(x).argmax(1)).float().mean().item()
-        points = independent_pgd(independent, x, y, eps, batch_size=args.batch_size)
-        outside["independent PGD-100x2 (sigmoid 20, detached)"] = (
-            judge(snn, points, y),  # its points, judged on the model itself
-            time.perf_counter() - start,
-        )
-        if not args.no_libraries:
-            outside.update(outside_library_attacks(snn, x, y, eps, args.batch_size))
-        union = torch.stack([c for c, _ in outside.values()]).all(0)
-        rows.update(outside)
-        rows["union of outside attacks"] = (union, sum(s for _, s in outside.values()))
         baseline = rows["PGD-20 [native] (cost baseline)"][1]
+        table = {name: {"robust": float(c.float().mean()), "seconds": s,
+                        "cost_vs_pgd20": s / baseline, "correct": c.int().tolist()}
+                 for name, (c, s) in rows.items()}  # fmt: skip
+        if args.outside_from:
+            table.update(reused_outside(args.outside_from, document, eps_text))
+        else:
+            outside: dict[str, tuple[torch.Tensor, float]] = {}
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            points = independent_pgd(independent, x, y, eps, batch_size=args.batch_size)
+            outside["independent PGD-100x2 (sigmoid 20, detached)"] = (
+                judge(snn, points, y),  # its points, judged on the model itself
+                time.perf_counter() - start,
+            )
+            if not args.no_libraries:
+                outside.update(outside_library_attacks(snn, x, y, eps, args.batch_size))
+            union = torch.stack([c for c, _ in outside.values()]).all(0)
+            outside["union of outside attacks"] = (union, sum(s for _, s in outside.values()))
+            table.update({name: {"robust": float(c.float().mean()), "seconds": s,
+                                 "cost_vs_pgd20": s / baseline, "correct": c.int().tolist()}
+                          for name, (c, s) in outside.items()})  # fmt: skip
         document["results"][eps_text] = {
             "independent_agrees_with_snn": agree,
-            "rows": {
-                name: {
-                    "robust": float(c.float().mean()),
-                    "seconds": s,
-                    "cost_vs_pgd20": s / baseline,
-                    "correct": c.int().tolist(),
-                }
-                for name, (c, s) in rows.items()
-            },
+            "rows": table,
             "suites": suites,
         }
         write_results(Path(args.results), document)  # after every eps: long runs keep their rows
     print(report(document))
+
+
+def reused_outside(path: str, document: dict, eps_text: str) -> dict[str, dict]:
+    """The outside attacks' rows of an earlier results JSON of the same model, T and eps, cut
+    to this run's first images; seconds and cost stay those measured there, on its images."""
+    source = json.loads(Path(path).read_text())
+    same = all(source[k] == document[k] for k in ("model", "timesteps"))
+    if not same or source["images"] < document["images"] or eps_text not in source["results"]:
+        raise SystemExit(f"{path} is not a run of this model and T at eps {eps_text} on at "
+                         f"least {document['images']} images")  # fmt: skip
+    note = f" (from the {source['images']}-image run)"
+    out = {}
+    for name, row in source["results"][eps_text]["rows"].items():
+        if name.startswith(("new", "old", "PGD-20")):
+            continue
+        correct = row["correct"][: document["images"]]
+        out[name + note] = {**row, "robust": sum(correct) / len(correct), "correct": correct}
+    return out
 
 
 def write_results(path: Path, document: dict) -> None:
@@ -369,7 +394,7 @@ def report(document: dict) -> str:
                          f"{row['cost_vs_pgd20']:.1f}x |")  # fmt: skip
         outside = [n for n in rows if not n.startswith(("new", "old", "PGD-20", "union"))]
         best = min(rows[n]["robust"] for n in outside)
-        union = rows["union of outside attacks"]["robust"]
+        union = next(r["robust"] for n, r in rows.items() if n.startswith("union"))
         lines.append("")
         for name in (n for n in rows if n.startswith("new")):
             robust = rows[name]["robust"]
