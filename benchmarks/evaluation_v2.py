@@ -404,8 +404,29 @@ def report(document: dict) -> str:
             if families:
                 lines.append("  Per family: " + ", ".join(f"{g} {100 * r:.1f} %"
                                                           for g, r in families.items()) + ".")  # fmt: skip
+            lines.append("  " + disagreement(rows, name, outside))
         lines.append("")
     return "\n".join(lines)
+
+
+def disagreement(rows: dict, name: str, outside: list[str]) -> str:
+    """Per sample: the images ``name`` leaves standing that outside attacks broke (grouped by
+    which of them did), and the images it breaks that all of them missed."""
+    kept = rows[name]["correct"]
+    union = next(r["correct"] for n, r in rows.items() if n.startswith("union"))
+    missed: dict[str, list[int]] = {}
+    for i, (k, u) in enumerate(zip(kept, union, strict=True)):
+        if k and not u:
+            who = " + ".join(n.split(" (from")[0] for n in outside if not rows[n]["correct"][i])
+            missed.setdefault(who, []).append(i)
+    extra = sum(1 for k, u in zip(kept, union, strict=True) if u and not k)
+    detail = "; ".join(f"{len(v)} by {who} (images {', '.join(map(str, v))})"
+                       for who, v in missed.items())  # fmt: skip
+    total = sum(len(v) for v in missed.values())
+    return (
+        f"Per image: it leaves {total} standing that outside attacks broke"
+        f"{': ' + detail if detail else ''}; it breaks {extra} that all of them missed."
+    )
 
 
 if __name__ == "__main__":
