@@ -18,6 +18,10 @@ attack; clean errors count as broken) and wall time of:
   the first adversarial point found;
 - ``union``: the per-sample worst case of the outside attacks.
 
+``--outside-from FILE.json`` takes the outside attacks' per-sample results from an earlier run
+of the same model (first images, same eps) instead of running them again, e.g. to add the
+costly ``s001`` suite on the first 100 of 500 images.
+
 Targets (issue 14): ``standard`` <= every outside attack + 0.5 point and <= their union + 1;
 ``full`` <= the union; cost of ``standard`` <= 20x PGD-20, ``quick`` <= 5x. Run from the
 repository root; results go to ``--results``.{json,md}::
@@ -198,6 +202,24 @@ def outside_library_attacks(snn, x, y, eps, batch_size) -> dict[str, tuple[torch
     return out
 
 
+def suite_details(result) -> dict:
+    """Which run broke each image (``None``: survives), the runs, the families (``s001``) and
+    the suite's own image-pass cost."""
+    ensemble = result.ensemble
+    labels = [r.label for r in ensemble.records]
+    return {
+        "broken_by": [labels[b] if b >= 0 else None for b in ensemble.breaker.tolist()],
+        "runs": [
+            {"label": r.label, "attacked": r.attacked, "lowered": r.lowered, "seconds": r.seconds}
+            for r in ensemble.records
+        ],
+        "families": {g: float((c > 0).float().mean()) for g, c in ensemble.groups.items()}
+        if len(ensemble.groups) > 1
+        else {},
+        "pgd20_ratio_passes": result.cost()["pgd20_ratio"],
+    }
+
+
 def judge(snn, adv, y) -> torch.Tensor:
     with torch.no_grad():
         return snn(adv).argmax(1) == y
@@ -262,6 +284,9 @@ def main() -> None:
     parser.add_argument("--old-suites", nargs="*", default=["quick"])
     parser.add_argument("--old-rev", default=OLD_REV)
     parser.add_argument("--no-libraries", action="store_true")
+    parser.add_argument("--outside-from", default=None,
+                        help="reuse the outside attacks of this earlier results JSON (same "
+                        "model, T, eps; at least as many images) instead of running them")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--results", default="benchmarks/results/evaluation_v2")
     args = parser.parse_args()
@@ -271,7 +296,7 @@ def main() -> None:
     from convertsnn.data import load_dataset
     from convertsnn.eval.settings import EvalSettings
     from convertsnn.eval.suites import native_mode, run_suite
-    from convertsnn.snn.serialize import atomic_write, load_snn
+    from convertsnn.snn.serialize import load_snn
 
     snn = load_snn(args.snn)
     if args.timesteps:
@@ -291,47 +316,73 @@ def main() -> None:
         base = WorstCase(snn, settings)
         pgd = base.run(x, y, [Run.of("pgd", native_mode(snn), steps=20)])
         rows["PGD-20 [native] (cost baseline)"] = (pgd.correct > 0, time.perf_counter() - start)
+        suites: dict[str, dict] = {}
         for name in args.suites:
             start = time.perf_counter()
             result = run_suite(name, snn, x, y, settings)
             rows[f"new {name}"] = (result.ensemble.correct > 0, time.perf_counter() - start)
+            suites[f"new {name}"] = suite_details(result)
         if args.old_suites:
             rows.update(old_suites(old_rev, args.snn, snn.timesteps, x, y, eps, args.old_suites))
-        outside: dict[str, tuple[torch.Tensor, float]] = {}
-        torch.manual_seed(0)
-        start = time.perf_counter()
         independent = IndependentSNN(args.snn, snn.timesteps)
         with torch.no_grad():
             agree = (independent(x).argmax(1) == snn(x).argmax(1)).float().mean().item()
-        points = independent_pgd(independent, x, y, eps, batch_size=args.batch_size)
-        outside["independent PGD-100x2 (sigmoid 20, detached)"] = (
-            judge(snn, points, y),  # its points, judged on the model itself
-            time.perf_counter() - start,
-        )
-        if not args.no_libraries:
-            outside.update(outside_library_attacks(snn, x, y, eps, args.batch_size))
-        union = torch.stack([c for c, _ in outside.values()]).all(0)
-        rows.update(outside)
-        rows["union of outside attacks"] = (union, sum(s for _, s in outside.values()))
         baseline = rows["PGD-20 [native] (cost baseline)"][1]
+        table = {name: {"robust": float(c.float().mean()), "seconds": s,
+                        "cost_vs_pgd20": s / baseline, "correct": c.int().tolist()}
+                 for name, (c, s) in rows.items()}  # fmt: skip
+        if args.outside_from:
+            table.update(reused_outside(args.outside_from, document, eps_text))
+        else:
+            outside: dict[str, tuple[torch.Tensor, float]] = {}
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            points = independent_pgd(independent, x, y, eps, batch_size=args.batch_size)
+            outside["independent PGD-100x2 (sigmoid 20, detached)"] = (
+                judge(snn, points, y),  # its points, judged on the model itself
+                time.perf_counter() - start,
+            )
+            if not args.no_libraries:
+                outside.update(outside_library_attacks(snn, x, y, eps, args.batch_size))
+            union = torch.stack([c for c, _ in outside.values()]).all(0)
+            outside["union of outside attacks"] = (union, sum(s for _, s in outside.values()))
+            table.update({name: {"robust": float(c.float().mean()), "seconds": s,
+                                 "cost_vs_pgd20": s / baseline, "correct": c.int().tolist()}
+                          for name, (c, s) in outside.items()})  # fmt: skip
         document["results"][eps_text] = {
             "independent_agrees_with_snn": agree,
-            "rows": {
-                name: {
-                    "robust": float(c.float().mean()),
-                    "seconds": s,
-                    "cost_vs_pgd20": s / baseline,
-                    "correct": c.int().tolist(),
-                }
-                for name, (c, s) in rows.items()
-            },
+            "rows": table,
+            "suites": suites,
         }
-    path = Path(args.results)
+        write_results(Path(args.results), document)  # after every eps: long runs keep their rows
+    print(report(document))
+
+
+def reused_outside(path: str, document: dict, eps_text: str) -> dict[str, dict]:
+    """The outside attacks' rows of an earlier results JSON of the same model, T and eps, cut
+    to this run's first images; seconds and cost stay those measured there, on its images."""
+    source = json.loads(Path(path).read_text())
+    same = all(source[k] == document[k] for k in ("model", "timesteps"))
+    if not same or source["images"] < document["images"] or eps_text not in source["results"]:
+        raise SystemExit(f"{path} is not a run of this model and T at eps {eps_text} on at "
+                         f"least {document['images']} images")  # fmt: skip
+    note = f" (from the {source['images']}-image run)"
+    out = {}
+    for name, row in source["results"][eps_text]["rows"].items():
+        if name.startswith(("new", "old", "PGD-20")):
+            continue
+        correct = row["correct"][: document["images"]]
+        out[name + note] = {**row, "robust": sum(correct) / len(correct), "correct": correct}
+    return out
+
+
+def write_results(path: Path, document: dict) -> None:
+    from convertsnn.snn.serialize import atomic_write
+
     text = json.dumps(document, indent=2)
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n"))
     markdown = report(document)
     atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown))
-    print(markdown)
 
 
 def report(document: dict) -> str:
@@ -357,14 +408,39 @@ def report(document: dict) -> str:
                          f"{row['cost_vs_pgd20']:.1f}x |")  # fmt: skip
         outside = [n for n in rows if not n.startswith(("new", "old", "PGD-20", "union"))]
         best = min(rows[n]["robust"] for n in outside)
-        union = rows["union of outside attacks"]["robust"]
+        union = next(r["robust"] for n, r in rows.items() if n.startswith("union"))
         lines.append("")
         for name in (n for n in rows if n.startswith("new")):
             robust = rows[name]["robust"]
             lines.append(f"- {name}: {100 * (robust - best):+.1f} points vs the best outside "
                          f"attack, {100 * (robust - union):+.1f} vs their union.")  # fmt: skip
+            families = entry.get("suites", {}).get(name, {}).get("families", {})
+            if families:
+                lines.append("  Per family: " + ", ".join(f"{g} {100 * r:.1f} %"
+                                                          for g, r in families.items()) + ".")  # fmt: skip
+            lines.append("  " + disagreement(rows, name, outside))
         lines.append("")
     return "\n".join(lines)
+
+
+def disagreement(rows: dict, name: str, outside: list[str]) -> str:
+    """Per sample: the images ``name`` leaves standing that outside attacks broke (grouped by
+    which of them did), and the images it breaks that all of them missed."""
+    kept = rows[name]["correct"]
+    union = next(r["correct"] for n, r in rows.items() if n.startswith("union"))
+    missed: dict[str, list[int]] = {}
+    for i, (k, u) in enumerate(zip(kept, union, strict=True)):
+        if k and not u:
+            who = " + ".join(n.split(" (from")[0] for n in outside if not rows[n]["correct"][i])
+            missed.setdefault(who, []).append(i)
+    extra = sum(1 for k, u in zip(kept, union, strict=True) if u and not k)
+    detail = "; ".join(f"{len(v)} by {who} (images {', '.join(map(str, v))})"
+                       for who, v in missed.items())  # fmt: skip
+    total = sum(len(v) for v in missed.values())
+    return (
+        f"Per image: it leaves {total} standing that outside attacks broke"
+        f"{': ' + detail if detail else ''}; it breaks {extra} that all of them missed."
+    )
 
 
 if __name__ == "__main__":
