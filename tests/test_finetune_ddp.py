@@ -33,26 +33,37 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         flags += ["--" + key.replace("_", "-"), str(settings[key])]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "convertsnn", "finetune", str(snn), "--data", str(data),
-         "--out-dir", str(tmp_path / "two"), *flags],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+
+    def launch(out_dir: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+             "2", "-m", "convertsnn", "finetune", str(snn), "--data", str(data),
+             "--out-dir", str(out_dir), *flags],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    two_dir = tmp_path / "two"
+    launched = launch(two_dir)
+    # One rank died by SIGABRT with no Python traceback once in about ten runs on the 2-core CI
+    # machine (consistent with gloo aborting on a TCP peer that closed first, as reported for
+    # pytorch and horovod; not diagnosed further here): one more launch, from scratch.
+    if "Signal 6 (SIGABRT)" in launched.stderr:
+        two_dir = tmp_path / "two_again"
+        launched = launch(two_dir)
     errors = [line for line in launched.stderr.splitlines() if "Error" in line or "error" in line]
     assert launched.returncode == 0, "\n".join(errors[:20]) + launched.stderr[-1500:]
     assert launched.stdout.count("finetuned ") == 1  # only rank 0 reports
 
     one, two = (
         load_file(tmp_path / "one" / "last.safetensors"),
-        load_file(tmp_path / "two" / "last.safetensors"),
+        load_file(two_dir / "last.safetensors"),
     )
     original = load_file(snn)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     assert any(not torch.equal(one[k], original[k]) for k in one)  # training did change it
 
-    history = load_snn(tmp_path / "two" / "last.safetensors").metadata["finetune"]["history"]
+    history = load_snn(two_dir / "last.safetensors").metadata["finetune"]["history"]
     assert len(history) == len(single.history) == 2
     for got, want in zip(history, single.history, strict=True):
         assert (
