@@ -1,6 +1,7 @@
 """Every attack on tiny models: it breaks a known-vulnerable model and stays in the ball and box."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -119,6 +120,21 @@ def test_square_only_queries(images):
     y = model(images).argmax(1)
     x_adv = Square(model, 8 / 255, queries=300)(images, y)
     assert (model(x_adv).argmax(1) == y).float().mean() < 0.5
+
+
+def test_square_nearest_queries_only_the_samples_closest_to_the_boundary(images):
+    model = linear_model()
+    y = model(images).argmax(1)
+    sizes = []
+    model.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    Square(model, 1e-4, queries=50, nearest=0.25).perturb(images, y)
+    near = math.ceil(0.25 * len(images))
+    assert sizes[0] == len(images) and max(sizes[1:]) == near  # then only the nearest quarter
+    sizes.clear()
+    Square(model, 1e-4, queries=50).perturb(images, y)
+    assert max(sizes[1:]) == len(images)
+    with pytest.raises(ConvertSNNError, match="nearest"):
+        Square(model, 0.1, nearest=0)
 
 
 def test_bad_attack_settings():

@@ -156,7 +156,8 @@ def test_flag_rules():
 def test_more_steps_breaks_count_in_the_result(images):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
     y = model(images).argmax(1)
-    weak = Suite("weak", "", ("native",), (), False, (Stage("pgd", {"steps": 1, "alpha": 0.001}),))
+    weak = Suite("weak", "", ("native",), (), False, (Stage("pgd", {"steps": 1, "alpha": 0.001}),),
+                 more_steps=2)  # fmt: skip
     result = run_suite(weak, model, images, y, EvalSettings(progress=False))
     first = result.ensemble.records[0].robust_after
     flags = {
@@ -190,3 +191,27 @@ def test_repeated_black_box_runs_that_still_break_are_flagged():
     assert not check_more_queries([first], samples=1000).raised
     again.lowered = 1
     assert not check_more_queries([first, again], samples=1000).raised
+
+
+def test_black_box_breaks_escalate_to_more_queries(images, tmp_path):
+    from convertsnn.eval.state import StateDir
+
+    shattered = StaircaseLinear().eval()
+    y = shattered(images).argmax(1)
+    suite = Suite("esc", "", ("native",), (), False,
+                  (Stage("pgd", {"steps": 5}), Stage("square", {"queries": 5}, "none")),
+                  more_steps=0, more_queries=200)  # fmt: skip
+    settings = EvalSettings(16 / 255, progress=False)
+    state = StateDir(tmp_path / "state", {"eps": 16 / 255})
+    result = run_suite(suite, shattered, images, y, settings, state=state.slot("a", 0))
+    records = result.ensemble.records
+    assert records[1].lowered > 0  # the first Square run breaks what PGD missed ...
+    assert result.runs[-1] == Run.of("square", queries=200, nearest=0.25)  # ... a longer one
+    assert records[-1].note == "more-queries escalation" and records[-1].lowered > 0
+    assert result.robust == float((result.ensemble.correct > 0).float().mean())
+    again = run_suite(suite, shattered, images, y, settings, state=state.slot("a", 0))
+    assert again.runs == result.runs and again.robust == result.robust  # resumed, not rerun
+    linear = shattered.linear
+    y = linear(images).argmax(1)
+    tiny = run_suite(suite, linear, images, y, EvalSettings(1e-4, progress=False))
+    assert [r.attack for r in tiny.runs] == ["pgd", "square"]  # black-box broke nothing
