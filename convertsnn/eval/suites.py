@@ -53,8 +53,8 @@ class Suite:
     (twice the suite's longest PGD budget, so that it checks convergence; 0: none); its breaks
     count in the number.
     ``more_queries``: the queries of a second Square run on the quarter of the survivors nearest
-    to the boundary (:data:`SQUARE_NEAREST`), added only when the suite's black-box runs broke
-    a sample that every white-box run missed (a sign of shattered outputs, where each query is
+    to the boundary (:data:`SQUARE_NEAREST`), added only when the suite's Square runs broke a
+    sample that every white-box run missed (a sign of shattered outputs, where each query is
     another chance to cross a jump; on the zoo's CIFAR-10 SNN such breaks were 0.2 % of 1,000
     images, at the ``black-box`` flag's threshold); its breaks count (0: never).
     """
@@ -108,7 +108,7 @@ STANDARD = Suite(
     "over a in {0.4, 0.8, 1.6}); FGSM x top-6, PGD-20 (step eps/4) + local search (up to 500 "
     "queries, stopped early far from the boundary) x top-3, APGD-DLR-40 x top-1, transfer "
     "from the source ANN, Square-1200 on the quarter of the survivors nearest to the boundary "
-    "(then, if the black-box runs broke samples, Square-4000 on that quarter), APGD-CE-40.",
+    "(then Square-4000 on that quarter if it broke any), APGD-CE-40.",
     candidates=(
         "native",
         *SHARP_MODES,
@@ -445,7 +445,7 @@ def run_suite(
     ensemble = WorstCase(model, settings, checkpoint if state is not None else None)
     result = ensemble.run(x, y, runs, resume=saved["progress"] if saved else None)
     if suite.more_queries and not (escalated or extra) and (result.correct > 0).any():
-        if any(r.lowered for r in result.records if r.blackbox):
+        if any(r.lowered for r in result.records if r.attack == "square"):
             runs = [*runs, Run.of("square", queries=suite.more_queries, nearest=SQUARE_NEAREST)]
             meta["more_queries"] = escalated = True
             describe(runs)
