@@ -50,13 +50,12 @@ class Suite:
     ``families``: every stage's runs form their own group (one robust accuracy per attack
     family, as seed 001 reports; runs of a family attack only that family's survivors).
     ``more_steps``: the steps of the APGD-CE run added after the ensemble in its best mode
-    (twice the suite's longest PGD budget, so that it checks convergence; 0: none); its breaks
+    (more than the suite's own runs take, so that it checks convergence; 0: none); its breaks
     count in the number.
     ``more_queries``: the queries of a second Square run on the quarter of the survivors nearest
     to the boundary (:data:`SQUARE_NEAREST`), added only when the suite's Square runs broke a
     sample that every white-box run missed (a sign of shattered outputs, where each query is
-    another chance to cross a jump; on the zoo's CIFAR-10 SNN such breaks were 0.2 % of 1,000
-    images, at the ``black-box`` flag's threshold); its breaks count (0: never).
+    another chance to cross a jump); its breaks count (0: never).
     """
 
     name: str
@@ -410,8 +409,8 @@ def run_suite(
     """Run ``suite`` on ``(x, y)`` at ``settings.eps``. ``state``: an optional
     :class:`~convertsnn.eval.state.RunState` slot to save progress in and resume from.
 
-    With ``suite.more_queries`` > 0, a second Square run follows when the black-box runs broke
-    samples (record note ``"more-queries escalation"``). With ``settings.sanity`` (and
+    With ``suite.more_queries`` > 0, a second Square run follows when the suite's Square runs
+    broke samples (record note ``"more-queries escalation"``). With ``settings.sanity`` (and
     ``suite.more_steps`` > 0) the ensemble ends with the more-steps
     check: APGD-CE with a larger budget in the mode that broke most, on the survivors; its
     breaks count in the number and in the saved state (record note ``"more-steps check"``)."""
