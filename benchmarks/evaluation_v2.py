@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -306,7 +307,7 @@ def main() -> None:
     document = {"command": " ".join(map(shlex.quote, ["python", *sys.argv])), "model": args.snn,
                 "timesteps": snn.timesteps, "images": len(x), "native_mode": native_mode(snn),
                 "old_rev": old_rev, "machine": f"{platform.machine()}, CPU, 1 thread",
-                "results": {}}  # fmt: skip
+                "load_average": [os.getloadavg()[0]], "results": {}}  # fmt: skip
     for eps_text in args.eps:
         eps = parse_eps(eps_text)
         rows: dict[str, tuple[torch.Tensor, float]] = {}
@@ -354,6 +355,7 @@ def main() -> None:
             "rows": table,
             "suites": suites,
         }
+        document["load_average"].append(os.getloadavg()[0])
         write_results(Path(args.results), document)  # after every eps: long runs keep their rows
     print(report(document))
 
@@ -385,6 +387,24 @@ def write_results(path: Path, document: dict) -> None:
     atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown))
 
 
+def timing_note(document: dict) -> str:
+    """How loaded the machine was while the times were taken (1-minute load average at the
+    start and after each eps; about 1 is this benchmark alone on its thread)."""
+    loads = document.get("load_average")
+    if loads is None:  # results written before the load average was recorded
+        return document.get("timing", "Load average not recorded: read the cost ratios as rough.")
+    busy = max(loads) > 1.5
+    return (
+        f"1-minute load average {', '.join(f'{v:.1f}' for v in loads)} on "
+        f"{os.cpu_count()} cores (start, after each eps): "
+        + (
+            "other jobs shared the CPU, read the cost ratios as rough."
+            if busy
+            else "nothing else ran."
+        )
+    )
+
+
 def report(document: dict) -> str:
     lines = [
         "# Evaluation v2: suites vs outside attacks",
@@ -393,8 +413,7 @@ def report(document: dict) -> str:
         "",
         f"Model `{document['model']}` at T = {document['timesteps']}, first "
         f"{document['images']} test images, native mode `{document['native_mode']}`; old suites "
-        f"from `{document['old_rev'][:10]}`; {document['machine']}. Times were measured while "
-        "other jobs shared the 2 CPU cores: read the cost ratios as rough.",
+        f"from `{document['old_rev'][:10]}`; {document['machine']}. {timing_note(document)}",
         "",
     ]
     for eps, entry in document["results"].items():

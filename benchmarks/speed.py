@@ -12,8 +12,10 @@ dynamics: the dense limit of an SNN at T steps is T times its ANN. Three workloa
 
 Every round times each workload of every (T, batch) once for the ANN and once for the SNN
 (and, with ``--spikingjelly``, once for SpikingJelly 2.0's rate-coding conversion of the same ANN,
-run single-step for T steps), interleaved, so slow phases of a shared machine hit all; the report
-gives the median and the min-max of the per-round ratios and the median absolute times. On CUDA
+run single-step for T steps; with ``--compiled``, once for the SNN with the compiled runtime of
+:mod:`convertsnn.snn.compiled`; with ``--folded-ann``, once for the ANN on T copies of the
+batch, i.e. the SNN's convolutions without its neurons), interleaved, so slow phases of a
+shared machine hit all; the report gives the median and the min-max of the per-round ratios and the median absolute times. On CUDA
 every timing waits for the GPU (``torch.cuda.synchronize``).
 
 Then, unless ``--no-costs``: the peak memory of one BPTT step per T (``--memory-timesteps``, at
@@ -35,6 +37,7 @@ Writes --out .json and .md (default benchmarks/results/speed).
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import statistics
@@ -65,6 +68,10 @@ from convertsnn.snn.serialize import atomic_write, load_snn, package_versions, s
 ROOT = Path(__file__).resolve().parents[1]
 RESNET20 = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 32, 32), 10)
 WORKLOADS = ("forward", "bptt", "input_grad")
+# result keys of each side; the columns they get in the report
+PREFIXES = {"snn": "", "compiled": "compiled_", "folded_ann": "folded_", "spikingjelly": "sj_"}
+COLUMNS = {"compiled": "SNN compiled", "folded_ann": "ANN folded (T x batch)",
+           "spikingjelly": "SpikingJelly"}  # fmt: skip
 
 
 def workload(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -115,6 +122,20 @@ class AsANN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.snn.gradient("ann"):
             return self.snn(x)
+
+
+class FoldedANN(nn.Module):
+    """The ANN on T copies of the batch (``[T*B, ...]``): the convolutions an SNN runs at T
+    steps with time folded into the batch, without the neurons (T logits averaged)."""
+
+    def __init__(self, snn: SpikingNetwork) -> None:
+        super().__init__()
+        self.ann, self.snn = AsANN(snn), snn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = self.snn.timesteps
+        out = self.ann(x.repeat(steps, *([1] * (x.dim() - 1))))
+        return out.view(steps, x.shape[0], -1).mean(0)
 
 
 class SpikingJellyNetwork(nn.Module):
@@ -175,6 +196,11 @@ def measure(args) -> dict:
     snn = build_snn(args).to(device)
     convert_seconds = time.perf_counter() - start
     sides = {"ann": AsANN(snn), "snn": snn}
+    if args.compiled:
+        sides["compiled"] = copy.deepcopy(snn)
+        sides["compiled"].runtime = "compiled"
+    if args.folded_ann:
+        sides["folded_ann"] = FoldedANN(snn)
     if args.spikingjelly:
         sides["spikingjelly"] = SpikingJellyNetwork(source_ann(args), calibration_images(args))
         sides["spikingjelly"].to(device)
@@ -184,6 +210,8 @@ def measure(args) -> dict:
     for round_index in range(args.rounds + 1):  # round 0 warms up (allocator, cuDNN choice)
         for t, b in cases:
             snn.timesteps = t
+            if args.compiled:
+                sides["compiled"].timesteps = t
             if args.spikingjelly:
                 sides["spikingjelly"].timesteps = t
             for name in WORKLOADS:
@@ -199,7 +227,7 @@ def measure(args) -> dict:
             row = {"T": t, "batch": b, "workload": name,
                    "ann_ms": 1000 * statistics.median(ann_times)}  # fmt: skip
             for side in list(sides)[1:]:
-                prefix = "" if side == "snn" else "sj_"
+                prefix = PREFIXES[side]
                 side_times = times[(t, b, name, side)]
                 ratios = [s / a for s, a in zip(side_times, ann_times, strict=True)]
                 row.update({
@@ -310,7 +338,7 @@ def device_name(device: torch.device) -> str:
 
 
 def markdown(result: dict) -> str:
-    sj = result["config"]["spikingjelly"]
+    extra = [side for side in COLUMNS if result["config"].get(side)]
     lines = [
         "# Spiking runtime speed",
         "",
@@ -326,8 +354,8 @@ def markdown(result: dict) -> str:
         "ANN time (median [min-max] over rounds); the dense limit is T.",
         "",
         "| T | batch | workload | ANN ms | SNN ms | SNN / ANN | SNN / (T x ANN) |"
-        + (" SpikingJelly ms | SpikingJelly / ANN |" if sj else ""),
-        "|---|---|---|---|---|---|---|" + ("---|---|" if sj else ""),
+        + "".join(f" {COLUMNS[side]} ms | {COLUMNS[side]} / ANN |" for side in extra),
+        "|---|---|---|---|---|---|---|" + "---|---|" * len(extra),
     ]
     for r in result["rows"]:
         line = (
@@ -335,10 +363,11 @@ def markdown(result: dict) -> str:
             f"{r['snn_ms']:.2f} | {r['ratio_median']:.2f} [{r['ratio_min']:.2f}-"
             f"{r['ratio_max']:.2f}] | {r['ratio_median'] / r['T']:.2f} |"
         )
-        if sj:
+        for side in extra:
+            p = PREFIXES[side]
             line += (
-                f" {r['sj_snn_ms']:.2f} | {r['sj_ratio_median']:.2f} "
-                f"[{r['sj_ratio_min']:.2f}-{r['sj_ratio_max']:.2f}] |"
+                f" {r[p + 'snn_ms']:.2f} | {r[p + 'ratio_median']:.2f} "
+                f"[{r[p + 'ratio_min']:.2f}-{r[p + 'ratio_max']:.2f}] |"
             )
         lines.append(line)
     lines += ["", f"Conversion ({result['config']['calibration']}, "
@@ -390,6 +419,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--spikingjelly", action="store_true",
                         help="also time SpikingJelly 2.0's conversion of the same ANN")  # fmt: skip
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time the SNN with the compiled runtime")  # fmt: skip
+    parser.add_argument("--folded-ann", action="store_true",
+                        help="also time the ANN on T x batch images (the convolutions alone)")  # fmt: skip
     parser.add_argument("--no-costs", action="store_true",
                         help="skip memory, conversion, --help and suite costs")  # fmt: skip
     parser.add_argument("--memory-timesteps", default="1,2,4,8,16,32")

@@ -30,6 +30,7 @@ from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite, with_transfer_source
+from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.network import check_timesteps
 from convertsnn.snn.serialize import atomic_write, check_writable, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
@@ -218,13 +219,21 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     type=click.Path(file_okay=False),
     help="State directory: progress is saved there and a rerun with the same settings resumes.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="eager",
+    show_default=True,
+    help="compiled runs each spiking layer's T steps as one torch.compile kernel per direction "
+    "(same spikes, faster after seconds of compiling; needs a C++ compiler on CPU).",
+)
 @device_option
 @click.pass_context
 def command(
     ctx, model_file, data, timesteps, suite, attack, eps, norm, steps, alpha, restarts, loss,
     queries, targets, gradient, surrogate, eot, autoattack, autoattack_mode, sanity,
     attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, save_adversarial,
-    transfer_from, resume, device,
+    transfer_from, resume, runtime, device,
 ) -> None:  # fmt: skip
     """Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."""
     import torch
@@ -258,6 +267,7 @@ def command(
     torch.manual_seed(seed)
     device = resolve_device(device)
     snn = load_snn(resolve_model_file(model_file), device)
+    snn.runtime = runtime
     ts = parse_int_list(timesteps, "--timesteps") if timesteps else [snn.timesteps]
     for value in ts:
         check_timesteps(value, "--timesteps")

@@ -21,6 +21,7 @@ from convertsnn.finetune.config import (
     NEURON_CHOICES,
     OPTIMIZERS,
     PARAMETER_SETS,
+    RUNTIME_CHOICES,
     SCHEDULES,
     SELECTIONS,
 )
@@ -162,6 +163,12 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
     "about sqrt(N) spiking layers for BPTT and recomputes them in the backward pass (less "
     f"memory, about one more forward pass per step, same gradients)"
     f"{_default(FinetuneConfig, 'memory')}.",
+)  # fmt: skip
+@click.option(
+    "--runtime", type=str,
+    help=f"{' or '.join(RUNTIME_CHOICES)}: compiled runs each spiking layer's T steps as one "
+    "torch.compile kernel per direction (same spikes, faster after seconds of compiling; "
+    f"needs a C++ compiler on CPU){_default(FinetuneConfig, 'runtime')}.",
 )  # fmt: skip
 @click.option(
     "--train", "train", type=str,

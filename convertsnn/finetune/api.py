@@ -49,6 +49,7 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
         if config.neuron == "dlif":
             to_dlif(snn)
         snn.memory = config.memory
+        snn.runtime = config.runtime
         snn.set_gradient("bptt", config.surrogate)
         train_set, val_set = load_training_data(
             config.data, config.val_fraction, config.seed, config.data_dir,

@@ -22,6 +22,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.surrogate import SURROGATE_SCALES
 from convertsnn.objectives import get_objective, get_regularizer, objective_class
 from convertsnn.objectives.attack_gradient import InnerGradient
+from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.network import MEMORY_MODES
 from convertsnn.snn.surrogate import parse_surrogate
@@ -32,13 +33,14 @@ AUGMENTATIONS = ("none", "crop-flip")
 PARAMETER_SETS = ("all", "weights", "thresholds")
 NEURON_CHOICES = ("keep", "dlif")
 MEMORY_CHOICES = MEMORY_MODES
+RUNTIME_CHOICES = RUNTIMES
 SELECTIONS = ("pgd", "quick")
 
 # Fields that change how a run is carried out but not what it computes: a resumed run may
 # change them (a run directory may also be moved).
 RUNTIME_FIELDS = (
     "resume", "device", "progress", "tensorboard", "log_every", "checkpoint_every", "out_dir",
-    "memory",
+    "memory", "runtime",
 )  # fmt: skip
 
 
@@ -194,7 +196,8 @@ class FinetuneConfig(RunConfig):
     picks the parameters that learn: ``all`` (weights, biases and thresholds, as seed 001),
     ``weights`` or ``thresholds``. ``memory`` ``checkpoint`` recomputes each spiking layer in
     the backward pass instead of keeping its activations (see
-    :mod:`convertsnn.snn.checkpointing`). ``teacher``: an SNN file whose source ANN the ``distill``
+    :mod:`convertsnn.snn.checkpointing`); ``runtime`` ``compiled`` runs the neurons as compiled
+    kernels (:mod:`convertsnn.snn.compiled`, same spikes). ``teacher``: an SNN file whose source ANN the ``distill``
     regularizer learns from (default: the model's own, as loaded). ``attack_gradient``: the
     inner attack's gradient mode(s), comma-separated specs of
     :mod:`convertsnn.attacks.gradient_modes` (default ``native``: the training surrogate), one
@@ -212,6 +215,7 @@ class FinetuneConfig(RunConfig):
     surrogate: str | None = None
     surrogate_scale: str = "threshold"
     memory: str = "full"
+    runtime: str = "eager"
     train: str = "all"
     threshold_lr_scale: float = 1.0
     attack_gradient: str = "native"
@@ -236,6 +240,7 @@ class FinetuneConfig(RunConfig):
             parse_encoder(self.encoder)
         _choice("neuron", self.neuron, NEURON_CHOICES)
         _choice("memory", self.memory, MEMORY_CHOICES)
+        _choice("runtime", self.runtime, RUNTIME_CHOICES)
         inner = InnerGradient(self.attack_gradient, self.attack_gradient_pick)
         if not inner.native and not objective_class(self.objective).gradient_attack:
             raise ConvertSNNError(

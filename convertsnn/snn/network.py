@@ -28,6 +28,7 @@ from torch import nn
 
 from convertsnn.errors import ConvertSNNError, InputRangeWarning
 from convertsnn.snn.checkpointing import checkpointed_body
+from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.encoding import Encoder, parse_encoder
 from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
 from convertsnn.snn.pooling import SpikingMaxPool2d
@@ -216,6 +217,20 @@ class SpikingNetwork(nn.Module):
         self.__dict__["_checkpointed"] = (
             checkpointed_body(self.body) if value == "checkpoint" else None
         )
+
+    @property
+    def runtime(self) -> str:
+        """``"eager"`` (default) or ``"compiled"``: how the neurons run their dynamics (see
+        :mod:`convertsnn.snn.compiled`); an execution choice, not saved in the file."""
+        runtimes = {n.runtime for n in self.neurons()}
+        return runtimes.pop() if len(runtimes) == 1 else "eager"
+
+    @runtime.setter
+    def runtime(self, value: str) -> None:
+        if value not in RUNTIMES:
+            raise ConvertSNNError(f"unknown runtime '{value}'; choose one of {', '.join(RUNTIMES)}")
+        for neuron in self.neurons():
+            neuron.runtime = value
 
     @property
     def gradient_mode(self) -> str:

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.compiled import compiled_dynamics
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
 GRADIENT_MODES = ("bptt", "bptr", "ann")
@@ -83,6 +84,10 @@ class IFNeuron(nn.Module):
     the surrogate; ``"bptr"`` backpropagates through the firing rate (the gradient of ReLU at the
     rate, as in seed 001's ``RateBp``); ``"ann"`` makes the neuron a plain ReLU (the source-ANN
     proxy, to be run with one timestep).
+
+    Runtime (attribute ``runtime``): ``"eager"`` runs the dynamics as a few PyTorch kernels per
+    step; ``"compiled"`` as one kernel per direction (:mod:`convertsnn.snn.compiled`; same
+    spikes, binary neurons with a :class:`Surrogate` only, others stay eager).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class IFNeuron(nn.Module):
         self.signed = bool(signed)
         self.timesteps = 1
         self.gradient_mode = "bptt"
+        self.runtime = "eager"
 
     def config(self) -> dict:
         """Constructor arguments except the threshold (which is a parameter); ``signed`` and
@@ -152,6 +158,15 @@ class IFNeuron(nn.Module):
             return _RateBackprop.apply(seq, theta, self).flatten(0, 1)
         needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
         settings = (self.leak, self.reset == "zero", self.v_init)
+        if (
+            self.runtime == "compiled"
+            and self.burst == 1
+            and not self.signed
+            and isinstance(self.surrogate, Surrogate)
+        ):
+            out = compiled_dynamics(seq, theta, *settings, self.surrogate, needs_grad)
+            if out is not None:
+                return out.flatten(0, 1)
         if not needs_grad and (self.signed or isinstance(self.surrogate, Surrogate)):
             out = integrate_and_fire(seq, theta, *settings, signed=self.signed, burst=self.burst)
             return out[0].flatten(0, 1)
@@ -227,7 +242,7 @@ def integrate_and_fire(
             u.mul_(leak)
         h = torch.add(seq[t], u, out=membrane[t]) if keep else u.add_(seq[t])
         s = torch.ge(h, theta, out=spikes[t] if keep else spike)
-        fired = torch.mul(s, theta, out=out[t])
+        fired = torch.where(s, theta, zero, out=out[t])
         if reset_zero:
             torch.where(s, zero, h, out=u)
         else:

@@ -1,0 +1,180 @@
+"""The ``compiled`` runtime: IF/LIF dynamics fused into one kernel per direction by torch.compile.
+
+The eager neuron (:func:`~convertsnn.snn.neurons.integrate_and_fire` and
+:func:`~convertsnn.snn.neurons.backprop_through_time`) runs about four full-tensor kernels per
+step forward and eight backward, each reading and writing the whole layer. Here the loop over
+the T steps is written once for one neuron and compiled by TorchInductor (``torch.compile`` of the
+neuron function alone, not of the network): every neuron's T steps run in registers in one
+kernel, which reads the input currents once and writes the outputs once.
+
+- Forward: the same float operations in the same order as the eager neuron (no fused
+  multiply-add), so spikes and outputs are bit-identical (tests/test_compiled_runtime.py).
+- Backward: recomputes the forward inside the kernel instead of storing the membrane and the
+  spikes, so a BPTT pass keeps only the input currents of each spiking layer; gradients equal the
+  eager ones within float rounding (the threshold gradient is summed in another order).
+
+Binary IF/LIF neurons with a :class:`~convertsnn.snn.surrogate.Surrogate` in ``bptt`` mode, or
+without gradients, use it; signed and burst neurons, ``bptr`` and custom surrogates (the
+adaptive attack) stay on the eager path. Compiling takes seconds per (T, surrogate,
+scalar/per-channel threshold) the first time in a process (TorchInductor caches on disk for
+later ones) and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
+neuron takes over with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from convertsnn.snn.surrogate import Surrogate, surrogate_derivative
+
+RUNTIMES = ("eager", "compiled")
+RECOMPILE_LIMIT = 64  # one compiled variant per (T, surrogate, threshold layout, direction)
+
+_failure: str | None = None  # why compiling failed in this process (then everything is eager)
+
+
+def _forward(seq: torch.Tensor, theta: torch.Tensor, v_init: float, leak: float,
+             reset_zero: bool) -> torch.Tensor:  # fmt: skip
+    """``theta * spikes`` ``[T, ...]`` of :func:`~convertsnn.snn.neurons.integrate_and_fire`."""
+    u = torch.zeros_like(seq[0]) + v_init * theta
+    out = []
+    for t in range(seq.shape[0]):
+        h = (u * leak if leak != 1.0 else u) + seq[t]
+        spike = h >= theta
+        fired = torch.where(spike, theta, 0.0)
+        u = torch.where(spike, 0.0, h) if reset_zero else h - fired
+        out.append(fired)
+    return torch.stack(out)
+
+
+def _backward(
+    seq: torch.Tensor,
+    theta: torch.Tensor,
+    grad_out: torch.Tensor,
+    v_init: float,
+    leak: float,
+    reset_zero: bool,
+    family: str,
+    g: float,
+    absolute: bool,
+    detach_reset: bool,
+    need_theta: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Input (and threshold) gradients of :func:`_forward`: the BPTT of
+    :class:`~convertsnn.snn.neurons._IFDynamics`, recomputing the membrane from ``seq``."""
+    u = torch.zeros_like(seq[0]) + v_init * theta
+    membrane, spikes = [], []
+    for t in range(seq.shape[0]):
+        h = (u * leak if leak != 1.0 else u) + seq[t]
+        spike = h >= theta
+        u = torch.where(spike, 0.0, h) if reset_zero else h - torch.where(spike, theta, 0.0)
+        membrane.append(h)
+        spikes.append(spike)
+    gu = torch.zeros_like(seq[0])
+    grad_in = [gu] * seq.shape[0]
+    grad_theta = torch.zeros_like(seq[0])
+    for t in range(seq.shape[0] - 1, -1, -1):
+        h, go, spike = membrane[t], grad_out[t], spikes[t]
+        x = h - theta
+        sg = surrogate_derivative(family, x if absolute else x / theta, g)
+        sg = sg if absolute else sg / theta
+        if reset_zero:
+            gs = go * theta if detach_reset else go * theta - gu * h
+            gssg = gs * sg
+            gh = torch.where(spike, 0.0, gu) + gssg
+            if need_theta:
+                grad_theta = grad_theta + torch.where(spike, go, 0.0) - gssg
+        else:
+            d = go - gu
+            gssg = (go if detach_reset else d) * theta * sg
+            gh = gu + gssg
+            if need_theta:
+                grad_theta = grad_theta + torch.where(spike, d, 0.0) - gssg
+        grad_in[t] = gh
+        gu = gh * leak if leak != 1.0 else gh
+    if not need_theta:
+        return torch.stack(grad_in), None
+    return torch.stack(grad_in), (grad_theta + v_init * gu).sum_to_size(theta.shape)
+
+
+_compiled: dict[str, object] = {}
+
+
+def _kernel(name: str):
+    """The compiled ``_forward`` or ``_backward`` (compiled lazily, shapes dynamic)."""
+    if name not in _compiled:
+        import torch._dynamo.config
+
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+        _compiled[name] = torch.compile({"forward": _forward, "backward": _backward}[name],
+                                        dynamic=True)  # fmt: skip
+    return _compiled[name]
+
+
+def _fold(seq: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[T, B, C, ...]`` as ``[T, B, C, R]`` and the threshold as ``[C, 1]`` (or ``[1, 1]``),
+    so that one compiled kernel serves every layer shape."""
+    steps, batch = seq.shape[:2]
+    channels = seq.shape[2] if seq.dim() > 2 else 1
+    return seq.reshape(steps, batch, channels, -1), theta.reshape(-1, 1)
+
+
+class _CompiledIFDynamics(torch.autograd.Function):
+    """:class:`~convertsnn.snn.neurons._IFDynamics` with compiled kernels; saves only the
+    input currents."""
+
+    @staticmethod
+    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
+        seq4, theta2 = _fold(seq, theta)
+        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero)
+        ctx.save_for_backward(seq4, theta2)
+        ctx.settings = (v_init, leak, reset_zero, surrogate)
+        ctx.shapes = (seq.shape, theta.shape)
+        return out.view(seq.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        seq4, theta2 = ctx.saved_tensors
+        v_init, leak, reset_zero, surrogate = ctx.settings
+        seq_shape, theta_shape = ctx.shapes
+        grad_in, grad_theta = _kernel("backward")(
+            seq4, theta2, grad_out.reshape(seq4.shape), v_init, leak, reset_zero,
+            surrogate.family, surrogate.g, surrogate.absolute, surrogate.detach_reset,
+            ctx.needs_input_grad[1],
+        )  # fmt: skip
+        if grad_theta is not None:
+            grad_theta = grad_theta.view(theta_shape)
+        return grad_in.view(seq_shape), grad_theta, None, None, None, None
+
+
+def compiled_dynamics(
+    seq: torch.Tensor,
+    theta: torch.Tensor,
+    leak: float,
+    reset_zero: bool,
+    v_init: float,
+    surrogate: Surrogate,
+    needs_grad: bool,
+) -> torch.Tensor | None:
+    """``theta * spikes`` ``[T, B, ...]`` by the compiled kernels (with the surrogate BPTT when
+    ``needs_grad``), or None when compiling failed in this process (use the eager neuron)."""
+    global _failure
+    if _failure is not None:
+        return None
+    try:
+        if needs_grad:
+            return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate)
+        seq4, theta2 = _fold(seq, theta)
+        return _kernel("forward")(seq4, theta2, v_init, leak, reset_zero).view(seq.shape)
+    except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
+        _failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        warnings.warn(
+            f"the compiled runtime could not compile the neuron ({_failure[:200]}); "
+            "running the eager neuron instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None

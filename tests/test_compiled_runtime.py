@@ -1,0 +1,114 @@
+"""The compiled runtime (convertsnn/snn/compiled.py): same spikes as the eager neuron, same
+gradients within float rounding, eager fallback when compiling fails."""
+
+import json
+
+import pytest
+import torch
+
+from convertsnn.errors import ConvertSNNError
+from convertsnn.snn import compiled
+from convertsnn.snn.neurons import IFNeuron
+
+CASES = [  # (reset, leak, per-channel threshold, surrogate, input shape per step)
+    ("subtract", 1.0, False, "triangle:1", (3, 5, 5)),
+    ("zero", 0.8, True, "sigmoid:3:abs", (3, 5, 5)),
+    ("subtract", 0.9, True, "rect:0.5:detach", (3,)),
+]
+
+
+def _pair(reset, leak, per_channel, surrogate, shape, steps=6, batch=4):
+    torch.manual_seed(0)
+    theta = torch.tensor([0.6, 1.1, 0.9]) if per_channel else 0.8
+    neurons = []
+    for runtime in ("eager", "compiled"):
+        neuron = IFNeuron(threshold=theta, leak=leak, reset=reset, v_init=0.3, surrogate=surrogate)
+        neuron.timesteps, neuron.runtime = steps, runtime
+        neurons.append(neuron)
+    x = torch.randn(steps * batch, *shape) * 0.8
+    return neurons, x, torch.randn(steps * batch, *shape)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}-{len(c[4])}d")
+def test_compiled_neuron_matches_the_eager_one(case):
+    (eager, fused), x, weights = _pair(*case)
+    with torch.no_grad():
+        assert torch.equal(fused(x), eager(x))
+    results = []
+    for neuron in (eager, fused):
+        xg = x.clone().requires_grad_(True)
+        out = neuron(xg)
+        (out * weights).sum().backward()
+        results.append((out.detach(), xg.grad, neuron.threshold.grad))
+    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = results
+    assert (out_e > 0).any() and (out_e == 0).any()
+    assert torch.equal(out_c, out_e)
+    assert torch.allclose(gx_c, gx_e, atol=1e-5)
+    assert torch.allclose(gt_c, gt_e, atol=1e-4, rtol=1e-4)
+    assert compiled._failure is None, compiled._failure  # it ran compiled, not the fallback
+
+
+def test_frozen_threshold_gives_the_same_input_gradient():
+    (eager, fused), x, weights = _pair(*CASES[0])
+    grads = []
+    for neuron in (eager, fused):
+        neuron.threshold.requires_grad_(False)
+        xg = x.clone().requires_grad_(True)
+        (neuron(xg) * weights).sum().backward()
+        grads.append(xg.grad)
+        assert neuron.threshold.grad is None
+    assert torch.allclose(grads[1], grads[0], atol=1e-5)
+
+
+def test_network_runtime_switch(tiny_resnet, images):
+    from convertsnn import convert
+
+    snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+    assert snn.runtime == "eager"
+    with torch.no_grad():
+        eager = snn(images)
+        snn.runtime = "compiled"
+        assert snn.runtime == "compiled" and all(n.runtime == "compiled" for n in snn.neurons())
+        assert torch.equal(snn(images), eager)
+    with pytest.raises(ConvertSNNError, match="unknown runtime 'jit'"):
+        snn.runtime = "jit"
+
+
+def test_failed_compile_falls_back_to_the_eager_neuron(monkeypatch):
+    (eager, fused), x, _ = _pair(*CASES[0])
+
+    def broken(name):
+        raise RuntimeError("no C++ compiler found\nlong traceback")
+
+    monkeypatch.setattr(compiled, "_kernel", broken)
+    monkeypatch.setattr(compiled, "_failure", None)
+    with pytest.warns(RuntimeWarning, match=r"no C.. compiler found\); running the eager"):
+        with torch.no_grad():
+            out = fused(x)
+    with torch.no_grad():
+        assert torch.equal(out, eager(x))
+    assert compiled._failure is not None
+
+
+def test_evaluate_command_gives_the_same_numbers_with_either_runtime(tmp_path, mnist_sample):
+    from convertsnn.importers import Preprocessing, save_ann
+    from convertsnn.models import create_model
+    from tests.cli_helpers import assert_one_line_error, run_cli
+
+    torch.manual_seed(0)
+    ann = save_ann(create_model("mnist_cnn", width=4), tmp_path / "ann.safetensors", "mnist_cnn",
+                   {"width": 4}, Preprocessing((0.13,), (0.31,), (1, 28, 28), 10))  # fmt: skip
+    snn = tmp_path / "snn.safetensors"
+    result = run_cli("convert", ann, "--calib", mnist_sample, "--calib-images", 64, "-T", 4,
+                     "--calibration", "max", "-o", snn)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {}
+    for runtime in ("eager", "compiled"):
+        out = tmp_path / f"{runtime}.json"
+        result = run_cli("evaluate", snn, "--data", mnist_sample, "--limit", 32, "--attack",
+                         "fgsm", "--eps", "0.1", "--runtime", runtime, "--out", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rows[runtime] = [(r["clean"], r["robust"]) for r in json.loads(out.read_text())["rows"]]
+    assert rows["compiled"] == rows["eager"]
+    result = run_cli("evaluate", snn, "--data", mnist_sample, "--runtime", "jit")
+    assert_one_line_error(result, "'jit' is not one of 'eager', 'compiled'")
