@@ -19,11 +19,11 @@ shared machine hit all; the report gives the median and the min-max of the per-r
 every timing waits for the GPU (``torch.cuda.synchronize``).
 
 Then, unless ``--no-costs``: the peak memory of one BPTT step per T (``--memory-timesteps``, at
-the largest batch; ANN at the batch and at T x batch, SNN with ``memory`` full and checkpoint;
-each in a fresh process: CUDA's peak allocation, or on CPU the peak resident memory with glibc
-told to give freed blocks back), the conversion time, the wall time of ``convertsnn --help``,
-and the time of one ``quick`` suite run against one PGD-20 run on ``--suite-images`` correctly
-classified images at ``--suite-eps``.
+the largest batch; ANN at the batch and at T x batch, SNN with ``memory`` full and checkpoint
+and with the compiled runtime; each in a fresh process: CUDA's peak allocation, or on CPU the
+peak resident memory with glibc told to give freed blocks back), the conversion time, the wall
+time of ``convertsnn --help``, and the time of one ``quick`` suite run against one PGD-20 run on
+``--suite-images`` correctly classified images at ``--suite-eps``.
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --timesteps 1,2,4,8,16,32 \
         --batch 16,64
@@ -243,17 +243,18 @@ def measure(args) -> dict:
     return result
 
 
-PROBE_MODES = ("ann", "ann_folded", "full", "checkpoint")
+PROBE_MODES = ("ann", "ann_folded", "full", "checkpoint", "compiled")
 
 
 def memory_probe(
     path: str, steps: int, batch: int, mode: str, device: str, shape: list[int]
 ) -> int:
     """Peak bytes allocated by one BPTT step (forward, loss, backward) of the SNN file ``path``
-    on random images of ``shape`` in ``mode`` (see :data:`PROBE_MODES`; ``ann_folded``: the ANN on T x batch images). Meant
+    on random images of ``shape`` in ``mode`` (see :data:`PROBE_MODES`; ``ann_folded``: the ANN
+    on T x batch images; ``compiled``: memory ``full`` with the compiled runtime). Meant
     for a fresh process: on CPU it reads the peak resident memory, with glibc told to give
-    every freed block of 64 KiB or more back to the system. A one-image step runs first (lazy
-    imports and setup are not counted)."""
+    every freed block of 64 KiB or more back to the system. A two-image step runs first (lazy
+    imports, setup and compiling are not counted)."""
     if device == "cpu":
         ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
     snn = load_snn(path, device)
@@ -261,12 +262,14 @@ def memory_probe(
     if mode.startswith("ann"):
         snn.set_gradient("ann")
         batch = batch * steps if mode == "ann_folded" else batch
+    elif mode == "compiled":
+        snn.runtime = "compiled"
     else:
         snn.memory = mode
     snn.train()
     x = torch.rand(batch, *shape, device=device)
     y = torch.arange(batch, device=device) % 10
-    F.cross_entropy(snn(x[:1]), y[:1]).backward()  # warm-up: lazy imports, kernel choices
+    F.cross_entropy(snn(x[:2]), y[:2]).backward()  # warm-up: lazy imports, kernels, compiling
     snn.zero_grad(set_to_none=True)
 
     def status(key: str) -> int:
@@ -386,19 +389,24 @@ def markdown(result: dict) -> str:
             "the images still robust, so its cost depends on the model's robustness.",
             "",
             "Peak memory of one BPTT step (MB; forward, loss, backward), each in a fresh process: "
-            "ANN at the batch and at T x batch (folded), SNN keeping everything (`full`) and with "
-            "`--memory checkpoint`.",
+            "ANN at the batch and at T x batch (folded), SNN keeping everything (`full`), with "
+            "`--memory checkpoint` and with `--runtime compiled` (which saves only each spiking "
+            "layer's input).",
             "",
-            "| T | batch | ANN | ANN folded | SNN full | SNN checkpoint | full / folded | "
-            "checkpoint / folded |",
-            "|---|---|---|---|---|---|---|---|",
+            "| T | batch | ANN | ANN folded | SNN full | SNN checkpoint | SNN compiled | "
+            "full / folded | checkpoint / folded | compiled / folded |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for m in costs["memory"]:
+            folded = m["ann_folded_mb"]
+            compiled = m.get("compiled_mb")  # results written before it was measured lack it
             lines.append(
-                f"| {m['T']} | {m['batch']} | {m['ann_mb']:.0f} | {m['ann_folded_mb']:.0f} | "
+                f"| {m['T']} | {m['batch']} | {m['ann_mb']:.0f} | {folded:.0f} | "
                 f"{m['full_mb']:.0f} | {m['checkpoint_mb']:.0f} | "
-                f"{m['full_mb'] / m['ann_folded_mb']:.2f} | "
-                f"{m['checkpoint_mb'] / m['ann_folded_mb']:.2f} |"
+                + (f"{compiled:.0f}" if compiled is not None else "-")
+                + f" | {m['full_mb'] / folded:.2f} | {m['checkpoint_mb'] / folded:.2f} | "
+                + (f"{compiled / folded:.2f}" if compiled is not None else "-")
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
