@@ -4,6 +4,7 @@ gradients within float rounding, eager fallback when compiling fails."""
 import json
 import os
 import shutil
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -55,6 +56,20 @@ def test_compiled_neuron_matches_the_eager_one(case):
     assert torch.allclose(gx_c, gx_e, atol=1e-5)
     assert torch.allclose(gt_c, gt_e, atol=1e-4, rtol=1e-4)
     assert compiled._failure is None, compiled._failure  # it ran compiled, not the fallback
+
+
+@needs_compiler
+@pytest.mark.parametrize("family", ["exp", "expd", "atan", "ste"])
+def test_every_surrogate_family_has_the_eager_gradient(family):
+    (eager, fused), x, weights = _pair("subtract", 1.0, False, family, (3,), steps=4)
+    grads = []
+    for neuron in (eager, fused):
+        xg = x.clone().requires_grad_(True)
+        (neuron(xg) * weights).sum().backward()
+        grads.append((xg.grad, neuron.threshold.grad))
+    assert torch.allclose(grads[1][0], grads[0][0], atol=1e-5)
+    assert torch.allclose(grads[1][1], grads[0][1], atol=1e-4, rtol=1e-4)
+    assert compiled._failure is None, compiled._failure
 
 
 def test_frozen_threshold_gives_the_same_input_gradient():
@@ -121,3 +136,27 @@ def test_evaluate_command_gives_the_same_numbers_with_either_runtime(tmp_path, m
     assert rows["compiled"] == rows["eager"]
     result = run_cli("evaluate", snn, "--data", mnist_sample, "--runtime", "jit")
     assert_one_line_error(result, "'jit' is not one of 'eager', 'compiled'")
+
+
+def test_failed_backward_compile_finishes_with_the_same_gradient(monkeypatch):
+    (eager, fused), x, weights = _pair(*CASES[1])
+
+    def forward_only(name):
+        if name == "backward":
+            raise RuntimeError("inductor failed")
+        return compiled._forward  # uncompiled: the same numbers
+
+    monkeypatch.setattr(compiled, "_kernel", forward_only)
+    monkeypatch.setattr(compiled, "_failure", None)
+    grads = []
+    for neuron in (eager, fused):
+        xg = x.clone().requires_grad_(True)
+        with (
+            pytest.warns(RuntimeWarning, match="inductor failed")
+            if neuron is fused
+            else nullcontext()
+        ):
+            (neuron(xg) * weights).sum().backward()
+        grads.append(xg.grad)
+    assert torch.allclose(grads[1], grads[0], atol=1e-5)
+    assert compiled._failure == "RuntimeError: inductor failed"

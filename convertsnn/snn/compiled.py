@@ -18,11 +18,13 @@ without gradients, use it; signed and burst neurons, ``bptr`` and custom surroga
 adaptive attack) stay on the eager path. Compiling takes seconds per (T, surrogate,
 scalar/per-channel threshold) the first time in a process (TorchInductor caches on disk for
 later ones) and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
-neuron takes over with a one-line warning.
+neuron takes over with a one-line warning (a backward pass already under way finishes with the
+same BPTT uncompiled).
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -107,6 +109,8 @@ def _kernel(name: str):
     if name not in _compiled:
         import torch._dynamo.config
 
+        # on CPU-only machines inductor's C++ builder logs "No CUDA runtime is found" at WARNING
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
         _compiled[name] = torch.compile({"forward": _forward, "backward": _backward}[name],
@@ -140,14 +144,29 @@ class _CompiledIFDynamics(torch.autograd.Function):
         seq4, theta2 = ctx.saved_tensors
         v_init, leak, reset_zero, surrogate = ctx.settings
         seq_shape, theta_shape = ctx.shapes
-        grad_in, grad_theta = _kernel("backward")(
-            seq4, theta2, grad_out.reshape(seq4.shape), v_init, leak, reset_zero,
-            surrogate.family, surrogate.g, surrogate.absolute, surrogate.detach_reset,
-            ctx.needs_input_grad[1],
-        )  # fmt: skip
+        args = (seq4, theta2, grad_out.reshape(seq4.shape), v_init, leak, reset_zero,
+                surrogate.family, surrogate.g, surrogate.absolute, surrogate.detach_reset,
+                ctx.needs_input_grad[1])  # fmt: skip
+        try:
+            grad_in, grad_theta = _kernel("backward")(*args)
+        except Exception as error:  # the same BPTT, uncompiled (slower, same numbers)
+            _give_up(error)
+            grad_in, grad_theta = _backward(*args)
         if grad_theta is not None:
             grad_theta = grad_theta.view(theta_shape)
         return grad_in.view(seq_shape), grad_theta, None, None, None, None
+
+
+def _give_up(error: Exception) -> None:
+    """Record why compiling failed (the rest of the process runs eager) and warn once."""
+    global _failure
+    _failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    warnings.warn(
+        f"the compiled runtime could not compile the neuron ({_failure[:200]}); "
+        "running the eager neuron instead",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def compiled_dynamics(
@@ -161,7 +180,6 @@ def compiled_dynamics(
 ) -> torch.Tensor | None:
     """``theta * spikes`` ``[T, B, ...]`` by the compiled kernels (with the surrogate BPTT when
     ``needs_grad``), or None when compiling failed in this process (use the eager neuron)."""
-    global _failure
     if _failure is not None:
         return None
     try:
@@ -170,11 +188,5 @@ def compiled_dynamics(
         seq4, theta2 = _fold(seq, theta)
         return _kernel("forward")(seq4, theta2, v_init, leak, reset_zero).view(seq.shape)
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
-        _failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        warnings.warn(
-            f"the compiled runtime could not compile the neuron ({_failure[:200]}); "
-            "running the eager neuron instead",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        _give_up(error)
         return None
