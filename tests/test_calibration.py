@@ -71,7 +71,9 @@ def test_registry_lists_every_method():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("qcfs:L=four", "must be a number"),
+        ("qcfs:L=four", "is not a number"),
+        ("qcfs:eps=2/0", "is not a number"),
+        ("qcfs:eps=0.1,beta=2", "beta in [0, 1]"),
         ("qcfs:levels=4", "KEY one of L, epochs"),
         ("layerwise:scale=-1", "scale > 0"),
         ("channelwise:101", "percentile must be in"),
@@ -88,6 +90,7 @@ def test_bad_specs_give_one_line_errors(spec, message):
 def test_spec_options_are_parsed():
     method = get_calibration("qcfs:L=8,epochs=1,lr=0.05")
     assert (method.levels, method.epochs, method.lr) == (8, 1, 0.05)
+    assert get_calibration("qcfs:eps=2/255").eps == pytest.approx(2 / 255)
     assert get_calibration("qcfs:2").levels == 2
     assert str(get_calibration("biascal:channelwise:99")) == "biascal:channelwise:99"
 
@@ -145,6 +148,28 @@ def test_qcfs_finetunes_the_ann_and_hands_over_its_thresholds(data):
     before = prepare_ann(model).get_submodule("0").weight
     assert not torch.allclose(snn.body.get_submodule("0").weight, before)
     assert all(isinstance(m, IFNeuron) for m in snn.neurons())
+
+
+def test_robust_qcfs_distils_the_source_ann_at_adversarial_points(data, monkeypatch):
+    from convertsnn.objectives.inner import InnerPGD
+
+    model = small_cnn().eval()
+    attacked = []
+    perturb = InnerPGD.perturb
+
+    def recording(self, x, reference):
+        x_adv = perturb(self, x, reference)
+        attacked.append((self.eps, self.steps, (x_adv - x).abs().max().item()))
+        return x_adv
+
+    monkeypatch.setattr(InnerPGD, "perturb", recording)
+    method = get_calibration("qcfs:L=2,epochs=1,batch=8,eps=0.1,steps=2")
+    convert(model, loader(data), timesteps=2, calibration=method)
+    assert len(attacked) == len(data) // 8  # one attack per training batch
+    assert all(eps == 0.1 and steps == 2 for eps, steps, _ in attacked)
+    assert all(0 < moved <= 0.1 + 1e-6 for _, _, moved in attacked)
+    assert method.history[0]["distill_loss"] > 0
+    assert "eps=0.1,steps=2" in str(method)
 
 
 def test_bias_calibration_reduces_the_layer_errors(data):

@@ -194,6 +194,41 @@ def test_distill_after_natural_reuses_the_training_logits(tmp_path):
     assert len(calls) == 2 and value.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_layer_distill_is_the_mean_relative_hidden_error_at_the_adversarial_images(tmp_path):
+    data = separable_npz(tmp_path / "data.npz")
+    snn = load_snn(tiny_snn_file(tmp_path / "snn.safetensors", data))
+    x, y = torch.rand(6, 3, 6, 6), torch.randint(0, 3, (6,))
+    x_adv = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    term = get_regularizer("layer-distill:2")
+    term.setup(snn)
+    value = term(snn, x, y, output_for(x_adv))
+    # direct: each spiking layer's output averaged over T against the ANN view's activation
+    outputs = {}
+    hooks = [
+        snn.body.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.__setitem__(name, out)
+        )
+        for name in snn.thresholds
+    ]
+    with snn.gradient("ann"), torch.no_grad():
+        snn(x_adv)
+    target = dict(outputs)
+    snn(x_adv)
+    for hook in hooks:
+        hook.remove()
+    errors = []
+    for name in snn.thresholds:
+        rate = outputs[name].reshape(snn.timesteps, len(x), *target[name].shape[1:]).mean(0)
+        errors.append((rate - target[name]).square().sum() / target[name].square().sum())
+    assert len(errors) >= 2 and term.weight == 2
+    assert value.item() == pytest.approx(torch.stack(errors).mean().item(), rel=1e-5)
+    value.backward()  # the gradient reaches the SNN's weights through the surrogate
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in snn.parameters())
+    assert term.teacher is not None and not any(p.requires_grad for p in term.teacher.parameters())
+    with pytest.raises(ConvertSNNError, match="distils a source ANN into a spiking network"):
+        get_regularizer("layer-distill").setup(tiny_ann())
+
+
 def test_weight_projection_is_the_parseval_step():
     torch.manual_seed(6)
     conv, linear, frozen = nn.Conv2d(2, 3, 3), nn.Linear(4, 5), nn.Linear(3, 3)

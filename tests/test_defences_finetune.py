@@ -122,7 +122,7 @@ def test_teacher_refusals(files, tmp_path):
     save_snn(other, tmp_path / "other.safetensors")
     base = ("finetune", snn_path, "--data", data, "--out-dir", tmp_path / "run", *COMMON)
     result = run_cli(*base, "--teacher", snn_path)
-    assert_one_line_error(result, "a teacher is only used by the distill regularizer")
+    assert_one_line_error(result, "a teacher is only used by the distill and layer-distill")
     result = run_cli(*base, "--objective", "natural", "--regularizer", "distill",
                      "--teacher", tmp_path / "other.safetensors")  # fmt: skip
     assert_one_line_error(result, "with 4 classes but the model takes (3, 6, 6) with 3")
@@ -147,7 +147,10 @@ def test_objectives_compose_with_a_regularizer_and_an_encoder(files, tmp_path):
         (["--neuron", "lif"], "unknown neuron 'lif'; choose one of keep, dlif"),
         (["--weight-projection", "-1"], "weight_projection must be in [0, 1)"),
         (["--regularizer", "sparsity:x"], "regularizer weight in 'sparsity:x' is not a number"),
-        (["--regularizer", "sr"], "unknown regularizer 'sr' (distill, mppd, sparsity)"),
+        (
+            ["--regularizer", "sr"],
+            "unknown regularizer 'sr' (distill, layer-distill, mppd, sparsity)",
+        ),
         (["--objective", "rssnn-fgsm", "--attack-steps", "3"], "one perturbation of size eps"),
     ],
 )

@@ -128,7 +128,7 @@ def test_defaults_and_settings():
         (["--objective", "rslad", "--temperature", "4"], "objective 'rslad' has no temperature"),
         (["--objective", "trades", "--temperature", "4"], "objective 'trades' has no temperature"),
         (["--objective", "ard", "--temperature", "0"], "temperature must be positive, got 0"),
-        (["--teacher", "x.safetensors"], "a teacher is only used by the distill regularizer"),
+        (["--teacher", "x.safetensors"], "a teacher is only used by the distill and layer-distill"),
         (["--threshold-lr-scale", "0"], "threshold_lr_scale must be positive, got 0.0"),
         (["--threshold-lr-scale", "10", "--train", "weights"], "freezes them"),
     ],

@@ -139,8 +139,9 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 @click.argument("model", required=False)
 @click.option("--timesteps", "-T", type=int, help="Simulation steps T (default: the model's).")
 @click.option(
-    "--teacher", help="SNN file whose source ANN --regularizer distill and --objective ard/rslad "
-    "learn from (default: MODEL's own); e.g. the converted file, when MODEL was finetuned before.",
+    "--teacher", help="SNN file whose source ANN --regularizer distill / layer-distill and "
+    "--objective ard/rslad learn from (default: MODEL's own); e.g. the converted file, when MODEL "
+    "was finetuned before.",
 )  # fmt: skip
 @click.option("--surrogate", help="Surrogate for BPTT, FAMILY[:G] (default: the model's).")
 @click.option(

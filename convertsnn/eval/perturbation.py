@@ -64,17 +64,19 @@ class LayerPerturbation:
 
 @contextmanager
 def time_averaged_outputs(
-    model: nn.Module, layers: list[str], batch: int
+    model: nn.Module, layers: list[str], batch: int, detach: bool = True
 ) -> Iterator[dict[str, torch.Tensor]]:
     """While open, every forward pass of ``model`` (a :class:`SpikingNetwork` or a graph
     module) leaves in the yielded dict, per layer name, that layer's output averaged over time,
-    ``[batch, ...]`` (time is folded into the batch, ``[T*batch, ...]``; an ANN has T = 1)."""
+    ``[batch, ...]`` (time is folded into the batch, ``[T*batch, ...]``; an ANN has T = 1),
+    detached unless ``detach`` is False."""
     outputs: dict[str, torch.Tensor] = {}
     root = model.body if isinstance(model, SpikingNetwork) else model
 
     def keep(name: str):
         def hook(_module, _inputs, out: torch.Tensor) -> None:
-            outputs[name] = out.detach().reshape(-1, batch, *out.shape[1:]).mean(0)
+            out = out.detach() if detach else out
+            outputs[name] = out.reshape(-1, batch, *out.shape[1:]).mean(0)
 
         return hook
 

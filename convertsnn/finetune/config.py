@@ -198,7 +198,7 @@ class FinetuneConfig(RunConfig):
     the backward pass instead of keeping its activations (see
     :mod:`convertsnn.snn.checkpointing`); ``runtime`` ``compiled`` runs the neurons as compiled
     kernels (:mod:`convertsnn.snn.compiled`, same spikes). ``teacher``: an SNN file whose source ANN the ``distill``
-    regularizer learns from (default: the model's own, as loaded). ``attack_gradient``: the
+    and ``layer-distill`` regularizers and the ``ard``/``rslad`` objectives learn from (default: the model's own, as loaded). ``attack_gradient``: the
     inner attack's gradient mode(s), comma-separated specs of
     :mod:`convertsnn.attacks.gradient_modes` (default ``native``: the training surrogate), one
     drawn per step (``attack_gradient_pick`` ``draw``) or the per-sample worst (``worst``); see
@@ -257,11 +257,12 @@ class FinetuneConfig(RunConfig):
                 "threshold_lr_scale scales the thresholds' learning rate, but --train weights "
                 "freezes them; drop --threshold-lr-scale or train the thresholds"
             )
-        distills = any(get_regularizer(s).name == "distill" for s in self.regularizers)
+        distills = any(get_regularizer(s).needs_teacher for s in self.regularizers)
         if self.teacher and not distills and not objective_class(self.objective).needs_teacher:
             raise ConvertSNNError(
-                "a teacher is only used by the distill regularizer and the ard/rslad "
-                "objectives; add --regularizer distill, use one of them, or drop --teacher"
+                "a teacher is only used by the distill and layer-distill regularizers and the "
+                "ard/rslad objectives; add --regularizer distill, use one of them, or drop "
+                "--teacher"
             )
         super().validate()
 

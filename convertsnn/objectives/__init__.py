@@ -8,6 +8,7 @@ subclass of :class:`Objective` and importing it here.
 from convertsnn.objectives import (  # noqa: F401  (register)
     ard,
     distill,
+    layer_distill,
     mart,
     mppd,
     natural,

@@ -107,6 +107,7 @@ class SourceDistillation(Regularizer):
     name = "distill"
     default_weight = 1.0
     needs_spiking_network = True
+    needs_teacher = True
 
     def __init__(self, weight: float | None = None) -> None:
         super().__init__(weight)

@@ -33,6 +33,7 @@ class Regularizer:
     name: ClassVar[str] = ""
     default_weight: ClassVar[float] = 1.0
     needs_spiking_network: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False  # learns from a source ANN (``setup``'s ``teacher``)
 
     def __init__(self, weight: float | None = None) -> None:
         weight = self.default_weight if weight is None else float(weight)

@@ -19,7 +19,15 @@ batches; larger learning rates diverge on BN-folded ResNets), distilling the
 original ANN's soft predictions (cross-entropy to its softmax), so no labels are needed and a
 small set does not overfit. Give it a few thousand training images for CIFAR-sized nets.
 
-Spec: ``qcfs[:L=4,epochs=3,lr=0.002,p=99.9,batch=64,seed=0]`` (a bare number is ``L``).
+With ``eps > 0`` the finetuning is robust distillation instead (RSLAD: Zi et al., ICCV 2021), so
+that a robust source ANN stays robust with quantised activations: the loss is
+``beta * CE(h(x'), A(x)) + (1 - beta) * CE(h(x), A(x))``, ``A(x)`` the original ANN's soft
+predictions on the clean images, ``x'`` from ``steps`` PGD steps of ``2.5 eps / steps`` from a
+uniform start in the L-inf eps-ball maximising ``KL(A(x) || h(x'))`` through the
+straight-through floor (``beta`` 5/6 as in RSLAD).
+
+Spec: ``qcfs[:L=4,epochs=3,lr=0.002,p=99.9,batch=64,seed=0,eps=0,steps=3,beta=0.8333]`` (a bare
+number is ``L``; ``eps`` may be written ``2/255``).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from convertsnn.convert.calibration.registry import (
 )
 from convertsnn.convert.graph import activation_names
 from convertsnn.errors import ConvertSNNError
+from convertsnn.objectives.inner import InnerPGD
 
 
 class QCFSActivation(nn.Module):
@@ -78,15 +87,21 @@ class QCFS(CalibrationMethod):
     """``qcfs[:L=4,...]``: finetune the ANN with QCFS activations; thresholds = learned theta."""
 
     name = "qcfs"
-    defaults: ClassVar[dict] = {"L": 4, "epochs": 3, "lr": 0.002, "p": 99.9, "batch": 64, "seed": 0}
+    defaults: ClassVar[dict] = {"L": 4, "epochs": 3, "lr": 0.002, "p": 99.9, "batch": 64, "seed": 0,
+                                "eps": 0.0, "steps": 3, "beta": 5 / 6}  # fmt: skip
 
     def __init__(self, arg: str | None = None) -> None:
         options = parse_options(self.name, arg, self.defaults)
         self.levels, self.epochs, self.lr = options["L"], options["epochs"], options["lr"]
         self.p, self.batch, self.seed = options["p"], options["batch"], options["seed"]
-        if self.levels < 1 or self.epochs < 0 or self.batch < 1 or not self.lr > 0:
+        self.eps, self.steps, self.beta = options["eps"], options["steps"], options["beta"]
+        if (
+            self.levels < 1 or self.epochs < 0 or self.batch < 1 or not self.lr > 0
+            or self.eps < 0 or self.steps < 1 or not 0 <= self.beta <= 1
+        ):  # fmt: skip
             raise ConvertSNNError(
-                f"qcfs needs L >= 1, epochs >= 0, batch >= 1, lr > 0; got '{arg}'"
+                f"qcfs needs L >= 1, epochs >= 0, batch >= 1, lr > 0, eps >= 0, steps >= 1 and "
+                f"beta in [0, 1]; got '{arg}'"
             )
         self._thresholds: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []
@@ -119,6 +134,7 @@ class QCFS(CalibrationMethod):
         steps = self.epochs * -(-len(images) // self.batch)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
         generator = torch.Generator().manual_seed(self.seed)
+        attack = InnerPGD(ann, self.eps, self.steps, 2.5 * self.eps / self.steps, loss="kl")
         ann.eval()  # BatchNorm layers that could not be folded keep their statistics
         for epoch in range(self.epochs):
             order = torch.randperm(len(images), generator=generator)
@@ -127,8 +143,12 @@ class QCFS(CalibrationMethod):
             for index in bar:
                 x = augment(images[index], generator).to(device)
                 with torch.no_grad():
-                    target = F.softmax(teacher(x), dim=1)
+                    reference = teacher(x)
+                target = F.softmax(reference, dim=1)
                 loss = F.cross_entropy(ann(x), target)
+                if self.eps > 0:
+                    robust = F.cross_entropy(ann(attack(x, reference)), target)
+                    loss = self.beta * robust + (1 - self.beta) * loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -151,4 +171,5 @@ class QCFS(CalibrationMethod):
         return {name: self._thresholds[name].cpu() for name in activations}
 
     def __str__(self) -> str:
-        return f"qcfs:L={self.levels},epochs={self.epochs},lr={self.lr:g}"
+        robust = f",eps={self.eps:g},steps={self.steps},beta={self.beta:g}" if self.eps else ""
+        return f"qcfs:L={self.levels},epochs={self.epochs},lr={self.lr:g}{robust}"

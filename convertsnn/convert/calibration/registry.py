@@ -74,12 +74,11 @@ def parse_options(spec: str, arg: str | None, defaults: dict[str, float | int]) 
                 f"bad option '{part}' in calibration '{spec}:{arg}'; write KEY=VALUE with KEY one "
                 f"of {', '.join(defaults)}"
             )
-        try:
-            options[key] = type(defaults[key])(float(value))
-        except ValueError:
-            raise ConvertSNNError(
-                f"option {key} of calibration '{spec}' must be a number, got '{value}'"
-            ) from None
+        from convertsnn.cli.options import parse_number  # the CLI imports this module
+
+        options[key] = type(defaults[key])(
+            parse_number(value, f"option {key} of calibration '{spec}'")
+        )
     return options
 
 
