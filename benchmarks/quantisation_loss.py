@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eps", default="2/255")
     parser.add_argument("--images", type=int, default=500, help="first N test images")
     parser.add_argument("--levels", default="4,8,16,32", help="L = T values")
-    parser.add_argument("--suite", default="quick")
+    parser.add_argument("--suite", default="quick", help="attack suite, or none (clean only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="results path without suffix")
     return parser.parse_args(argv)
@@ -88,9 +88,12 @@ def module_theta(snn: SpikingNetwork, name: str, out: torch.Tensor) -> torch.Ten
 
 
 def attacked(model: nn.Module, x, y, args, eps: float) -> dict:
+    """Clean accuracy, and robust accuracy under ``args.suite`` (unless it is ``none``)."""
     torch.manual_seed(args.seed)
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
+    if args.suite == "none":
+        return {"clean": clean, "robust": None, "seconds": 0.0}
     settings = EvalSettings(eps=eps, seed=args.seed, progress=False)
     result = run_suite(args.suite, model, x, y, settings)
     return {"clean": clean, "robust": result.robust, "seconds": result.seconds}
@@ -98,7 +101,7 @@ def attacked(model: nn.Module, x, y, args, eps: float) -> dict:
 
 def markdown(document: dict) -> str:
     lines = [
-        "# Quantisation alone vs the SNN: where robustness goes at low T",
+        "# Rounding alone vs the SNN at low T: the ANN view with L-level activations next to the SNN at T = L",
         "",
         f"Command: `{document['command']}`",
         "",
@@ -110,10 +113,8 @@ def markdown(document: dict) -> str:
         "|---|---|---|---|",
     ]
     for label, row in document["rows"].items():
-        lines.append(
-            f"| {label} | {100 * row['clean']:.1f} | {100 * row['robust']:.1f} | "
-            f"{row['seconds']:.0f} |"
-        )
+        robust = "-" if row["robust"] is None else f"{100 * row['robust']:.1f}"
+        lines.append(f"| {label} | {100 * row['clean']:.1f} | {robust} | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
