@@ -100,12 +100,10 @@ class DistillationObjective(Objective):
             return self.teacher(x)
 
 
-@register_regularizer
-class SourceDistillation(Regularizer):
-    """``mean_B KL(softmax(teacher(x)) || softmax(model(x)))`` with the frozen source ANN."""
+class SourceRegularizer(Regularizer):
+    """A regularizer that learns from the frozen source ANN :meth:`source` (set up from
+    ``teacher`` when given, else from the model itself)."""
 
-    name = "distill"
-    default_weight = 1.0
     needs_spiking_network = True
     needs_teacher = True
 
@@ -114,14 +112,26 @@ class SourceDistillation(Regularizer):
         self.teacher: SpikingNetwork | None = None
 
     def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
-        self.teacher = source_teacher(model, teacher, "the distill regularizer")
+        self.teacher = source_teacher(model, teacher, f"the {self.name} regularizer")
+
+    def source(self, model: nn.Module) -> SpikingNetwork:
+        """The frozen source ANN (that of ``model`` unless :meth:`setup` named a teacher)."""
+        if self.teacher is None:
+            self.setup(model)
+        return self.teacher
+
+
+@register_regularizer
+class SourceDistillation(SourceRegularizer):
+    """``mean_B KL(softmax(teacher(x)) || softmax(model(x)))`` with the frozen source ANN."""
+
+    name = "distill"
+    default_weight = 1.0
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput
     ) -> torch.Tensor:
-        if self.teacher is None:
-            self.setup(model)
         with torch.no_grad():
-            target = self.teacher(x)
+            target = self.source(model)(x)
         logits = out.train_logits if out.train_logits is not None else model(x)
         return kl_divergence(target, logits).mean()

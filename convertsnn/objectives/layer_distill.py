@@ -24,37 +24,26 @@ from torch import nn
 
 from convertsnn.eval.perturbation import time_averaged_outputs
 from convertsnn.objectives.base import ObjectiveOutput, plain_module
-from convertsnn.objectives.distill import source_teacher
-from convertsnn.objectives.regularizers import Regularizer, register_regularizer
-from convertsnn.snn.network import SpikingNetwork
+from convertsnn.objectives.distill import SourceRegularizer
+from convertsnn.objectives.regularizers import register_regularizer
 
 
 @register_regularizer
-class LayerDistillation(Regularizer):
+class LayerDistillation(SourceRegularizer):
     """``H`` above between the SNN and its frozen source ANN at ``out.x_adv``."""
 
     name = "layer-distill"
     default_weight = 1.0
-    needs_spiking_network = True
-    needs_teacher = True
-
-    def __init__(self, weight: float | None = None) -> None:
-        super().__init__(weight)
-        self.teacher: SpikingNetwork | None = None
-
-    def setup(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
-        self.teacher = source_teacher(model, teacher, "the layer-distill regularizer")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: ObjectiveOutput
     ) -> torch.Tensor:
-        if self.teacher is None:
-            self.setup(model)
+        teacher = self.source(model)
         snn = plain_module(model)
         layers = list(snn.thresholds)
         images = out.x_adv
-        with torch.no_grad(), time_averaged_outputs(self.teacher, layers, len(images)) as target:
-            self.teacher(images)
+        with torch.no_grad(), time_averaged_outputs(teacher, layers, len(images)) as target:
+            teacher(images)
         with time_averaged_outputs(snn, layers, len(images), detach=False) as rates:
             model(images)
         errors = [
