@@ -60,7 +60,9 @@ def test_train_help_lists_only_the_regularizers_an_ann_can_take(runner):
         assert result.exit_code == 0, result.output
         lines[command] = next(x for x in result.output.splitlines() if "--regularizer TEXT" in x)
     assert lines["train"].rstrip().endswith("(repeatable): sparsity.")
-    assert lines["finetune"].rstrip().endswith("(repeatable): distill, layer-distill, mppd, sparsity.")
+    assert (
+        lines["finetune"].rstrip().endswith("(repeatable): distill, layer-distill, mppd, sparsity.")
+    )
 
 
 def test_convert_then_evaluate(runner, ann_file, data, tmp_path):
