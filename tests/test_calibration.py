@@ -74,6 +74,7 @@ def test_registry_lists_every_method():
         ("qcfs:L=four", "is not a number"),
         ("qcfs:eps=2/0", "is not a number"),
         ("qcfs:eps=0.1,beta=2", "beta in [0, 1]"),
+        ("mse:scale=0", "scale > 0"),
         ("qcfs:levels=4", "KEY one of L, epochs"),
         ("layerwise:scale=-1", "scale > 0"),
         ("channelwise:101", "percentile must be in"),
@@ -268,6 +269,10 @@ def test_mse_threshold_trades_clipping_for_resolution(data):
     top = convert(model, loader(data), calibration="max")
     for a, b, m in zip(*(s.thresholds.values() for s in (short, long, top)), strict=True):
         assert a < b <= m
+    scaled = convert(model, loader(data), timesteps=2, calibration="mse:scale=0.7")
+    for a, s in zip(short.thresholds.values(), scaled.thresholds.values(), strict=True):
+        assert torch.allclose(s, 0.7 * a)
+    assert str(get_calibration("mse:scale=0.7")) == "mse:grid=100,scale=0.7"
 
 
 def test_quantised_activation_values():
