@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=500, help="first N test images")
     parser.add_argument("--levels", default="4,8,16,32", help="L = T values")
     parser.add_argument("--suite", default="quick", help="attack suite, or none (clean only)")
+    parser.add_argument("--threshold-scale", type=float, default=1.0,
+                        help="multiply every threshold of the file by this first")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="results path without suffix")
     return parser.parse_args(argv)
@@ -106,7 +108,7 @@ def markdown(document: dict) -> str:
         f"Command: `{document['command']}`",
         "",
         f"Weights and thresholds of `{document['snn']}` (T = {document['file_timesteps']} in the "
-        f"file); first {document['images']} test images of `{document['data']}`; "
+        f"file; thresholds x {document.get('threshold_scale', 1.0):g}); first {document['images']} test images of `{document['data']}`; "
         f"`{document['suite']}` suite at eps {document['eps']}; {document['machine']}.",
         "",
         "| network | clean % | robust % | suite s |",
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     eps = parse_number(args.eps, "--eps")
     x, y = load_dataset(args.data, split="test").subset(0, args.images).tensors()
     snn = load_snn(args.snn).eval()
+    with torch.no_grad():
+        for threshold in snn.thresholds.values():  # views of the neurons' thresholds
+            threshold.mul_(args.threshold_scale)
     file_timesteps = snn.timesteps
     document = {
         "command": shlex.join(["python", *sys.argv]),
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         "images": len(x),
         "eps": args.eps,
         "suite": args.suite,
+        "threshold_scale": args.threshold_scale,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
         "rows": {},
     }
