@@ -197,8 +197,9 @@ class FinetuneConfig(RunConfig):
     ``weights`` or ``thresholds``. ``memory`` ``checkpoint`` recomputes each spiking layer in
     the backward pass instead of keeping its activations (see
     :mod:`convertsnn.snn.checkpointing`); ``runtime`` ``compiled`` runs the neurons as compiled
-    kernels (:mod:`convertsnn.snn.compiled`, same spikes). ``teacher``: an SNN file whose source ANN the ``distill``
-    and ``layer-distill`` regularizers and the ``ard``/``rslad`` objectives learn from (default: the model's own, as loaded). ``attack_gradient``: the
+    kernels (:mod:`convertsnn.snn.compiled`, same spikes). ``teacher``: an SNN file whose
+    source ANN the ``distill`` and ``layer-distill`` regularizers and the ``ard``/``rslad``
+    objectives learn from (default: the model's own, as loaded). ``attack_gradient``: the
     inner attack's gradient mode(s), comma-separated specs of
     :mod:`convertsnn.attacks.gradient_modes` (default ``native``: the training surrogate), one
     drawn per step (``attack_gradient_pick`` ``draw``) or the per-sample worst (``worst``); see

@@ -18,8 +18,8 @@ of T, so the search finds the finer threshold they can afford.
 ``scale`` multiplies every chosen threshold: the MSE optimum is the best clean fit of one layer,
 not the most robust network. On the PGD-trained ResNet-2B at T = 8 (standard suite at 2/255,
 first 500 test images; docs/robustness_loss.md) ``scale=0.7`` gave 66.0 / 27.8 % clean / robust
-against 63.2 / 21.2 % for the default conversion (seed 001's ``layerwise`` calibration scales its thresholds by 0.3
-for the same reason).
+against 63.2 / 21.2 % for the default conversion (seed 001's ``layerwise`` calibration scales its
+thresholds by 0.3 for the same reason).
 
 Spec: ``mse[:grid=100,scale=1]``.
 """
