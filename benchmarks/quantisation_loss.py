@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from convertsnn.attacks.gradient_modes import ModelInMode
-from convertsnn.cli.options import parse_number
+from convertsnn.numbers import parse_number
 from convertsnn.data import load_dataset
 from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import run_suite

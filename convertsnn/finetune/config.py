@@ -20,6 +20,7 @@ import yaml
 
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune.surrogate import SURROGATE_SCALES
+from convertsnn.numbers import parse_number, parse_number_list
 from convertsnn.objectives import get_objective, get_regularizer, objective_class
 from convertsnn.objectives.attack_gradient import InnerGradient
 from convertsnn.snn.compiled import RUNTIMES
@@ -332,8 +333,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Turn a recipe/flag value into the field's type, with one-line errors."""
-    from convertsnn.cli.options import parse_number, parse_number_list  # cli imports this module
-
     args = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
     if value is None:
         if type(None) in args:

@@ -13,6 +13,7 @@ from torch import fx
 from torch.utils.data import DataLoader
 
 from convertsnn.errors import ConvertSNNError
+from convertsnn.numbers import parse_number
 
 _METHODS: dict[str, type[CalibrationMethod]] = {}
 
@@ -74,8 +75,6 @@ def parse_options(spec: str, arg: str | None, defaults: dict[str, float | int]) 
                 f"bad option '{part}' in calibration '{spec}:{arg}'; write KEY=VALUE with KEY one "
                 f"of {', '.join(defaults)}"
             )
-        from convertsnn.cli.options import parse_number  # the CLI imports this module
-
         options[key] = type(defaults[key])(
             parse_number(value, f"option {key} of calibration '{spec}'")
         )
