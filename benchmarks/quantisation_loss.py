@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from convertsnn.attacks.gradient_modes import ModelInMode
-from convertsnn.numbers import parse_number
 from convertsnn.data import load_dataset
 from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import run_suite
+from convertsnn.numbers import parse_number
 from convertsnn.snn.network import SpikingNetwork
 from convertsnn.snn.serialize import atomic_write, load_snn
 

@@ -13,6 +13,7 @@ from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     offset,
     percentile,
     qcfs,
+    robust_scale,
     threshold_balancing,
 )
 from convertsnn.convert.calibration.registry import (

@@ -124,17 +124,17 @@ class Auto(CalibrationMethod):
         return "auto:" + "+".join(str(m) for m in self.candidates)
 
 
-def split_batches(loader: DataLoader | None) -> tuple[list, list]:
+def split_batches(loader: DataLoader | None, method: str = "auto") -> tuple[list, list]:
     """The calibration batches as (fit, held-out) lists of ``(images, labels)``."""
     if loader is None:
-        raise ConvertSNNError("auto calibration needs data: pass calibration images (--calib)")
+        raise ConvertSNNError(f"{method} calibration needs data: pass calibration images (--calib)")
     images = [x for x, _ in loader]
     labels = [y for _, y in loader]
     x, y = torch.cat(images), torch.cat(labels)
     held = min(MAX_HOLDOUT, len(x) // 4)
     if len(x) < MIN_IMAGES:
         raise ConvertSNNError(
-            f"auto calibration needs at least {MIN_IMAGES} calibration images (a quarter is "
+            f"{method} calibration needs at least {MIN_IMAGES} calibration images (a quarter is "
             f"held out to score the candidates), got {len(x)}"
         )
     size = len(images[0])
