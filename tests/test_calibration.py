@@ -80,6 +80,10 @@ def test_registry_lists_every_method():
         ("channelwise:101", "percentile must be in"),
         ("biascal:median", "unknown calibration"),
         ("bnstats:0", "K > 0"),
+        ("robust", "needs the attack radius: robust:EPS[:BASE]"),
+        ("robust:2", "radius in (0, 1)"),
+        ("robust:two", "is not a number"),
+        ("robust:0.1:median", "unknown calibration"),
     ],
 )
 def test_bad_specs_give_one_line_errors(spec, message):

@@ -19,10 +19,14 @@ class OnTopOf(CalibrationMethod):
     def __init__(self, arg: str | None = None) -> None:
         self.base = get_calibration(arg or self.default_base)
 
+    def base_loader(self, loader: DataLoader | None):
+        """The calibration batches BASE sees (default: all of them)."""
+        return loader
+
     def prepare_ann(
         self, ann: fx.GraphModule, loader: DataLoader | None, device: torch.device
     ) -> fx.GraphModule:
-        return self.base.prepare_ann(ann, loader, device)
+        return self.base.prepare_ann(ann, self.base_loader(loader), device)
 
     def thresholds(
         self,
@@ -31,10 +35,10 @@ class OnTopOf(CalibrationMethod):
         loader: DataLoader | None,
         device: torch.device,
     ) -> dict[str, torch.Tensor]:
-        return self.base.thresholds(ann, activations, loader, device)
+        return self.base.thresholds(ann, activations, self.base_loader(loader), device)
 
     def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
-        self.base.correct_snn(snn, loader, device)
+        self.base.correct_snn(snn, self.base_loader(loader), device)
         self.correct_on_top(snn, loader, device)
 
     def correct_on_top(self, snn, loader: DataLoader | None, device: torch.device) -> None:

@@ -27,7 +27,6 @@ radius of the attacks the SNN must resist (images in [0, 1]).
 from __future__ import annotations
 
 import torch
-from torch import fx
 from torch.utils.data import DataLoader
 
 from convertsnn.convert.calibration.auto import split_batches
@@ -67,30 +66,12 @@ class RobustThresholdScale(OnTopOf):
         super().__init__(base or None)
         self.split_of: DataLoader | None = None
 
-    def fit_part(self, loader: DataLoader | None) -> list:
-        """The calibration batches BASE sees; the rest is held out for the robust score."""
+    def base_loader(self, loader: DataLoader | None) -> list:
+        """The first part of the calibration batches; the rest is held out for the robust score."""
         if self.split_of is not loader:
             fit, holdout = split_batches(loader, self.name)
             self.split_of, self.fit, self.holdout = loader, fit, holdout[0]
         return self.fit
-
-    def prepare_ann(
-        self, ann: fx.GraphModule, loader: DataLoader | None, device: torch.device
-    ) -> fx.GraphModule:
-        return self.base.prepare_ann(ann, self.fit_part(loader), device)
-
-    def thresholds(
-        self,
-        ann: fx.GraphModule,
-        activations: list[str],
-        loader: DataLoader | None,
-        device: torch.device,
-    ) -> dict[str, torch.Tensor]:
-        return self.base.thresholds(ann, activations, self.fit_part(loader), device)
-
-    def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
-        self.base.correct_snn(snn, self.fit_part(loader), device)
-        self.correct_on_top(snn, loader, device)
 
     def correct_on_top(self, snn, loader: DataLoader | None, device: torch.device) -> None:
         # imported here: the evaluation imports the converter's package
