@@ -134,6 +134,8 @@ def convert(
     if calib is None and method.needs_data:
         raise ConvertSNNError(f"calibration '{method}' needs calibration images; pass --calib DATA")
     gm = prepare_ann(ann).to(device)
+    if (metadata or {}).get("input_size"):
+        method.input_size = tuple(metadata["input_size"])
     gm = method.prepare_ann(gm, calib, device)
     names = activation_names(gm)
     thresholds = method.thresholds(gm, names, calib, device)

@@ -14,6 +14,7 @@ from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     percentile,
     qcfs,
     robust_scale,
+    synthetic,
     threshold_balancing,
 )
 from convertsnn.convert.calibration.registry import (

@@ -30,6 +30,7 @@ class CalibrationMethod:
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
     depends_on_timesteps: ClassVar[bool] = False  # True: the result is tuned for the SNN's T
+    input_size: tuple[int, ...] | None = None  # [C, H, W] when known; set by the converter
 
     def __init__(self, arg: str | None = None) -> None:
         if arg is not None:

@@ -1,0 +1,66 @@
+"""The data-free ``synthetic`` calibration: images synthesised from BatchNorm statistics (ZeroQ)."""
+
+import pytest
+import torch
+from torch import nn
+
+from convertsnn.convert import convert, prepare_ann
+from convertsnn.convert.calibration import get_calibration, synthetic
+from convertsnn.convert.calibration.synthetic import bn_statistics, synthesise_images
+from convertsnn.errors import ConvertSNNError
+from tests.test_calibration import small_cnn, trained_batchnorm
+
+
+def statistics_error(gm, x: torch.Tensor) -> float:
+    """Mean squared gap between the batch statistics of ``x`` and the BatchNorm ones."""
+    outputs = {}
+    stats = bn_statistics(gm)
+    hooks = [gm.get_submodule(n).register_forward_hook(
+        lambda _m, _i, o, n=n: outputs.__setitem__(n, o)) for n, _, _ in stats]  # fmt: skip
+    with torch.no_grad():
+        gm(x)
+    for hook in hooks:
+        hook.remove()
+    error = 0.0
+    for name, mean, std in stats:
+        out = outputs[name].transpose(0, 1).flatten(1)
+        error += (out.mean(1) - mean).pow(2).mean().item()
+        error += (out.std(1, unbiased=False) - std).pow(2).mean().item()
+    return error
+
+
+def test_synthesised_images_reproduce_the_batchnorm_statistics():
+    torch.manual_seed(1)
+    data = torch.rand(64, 3, 12, 12) * 0.5 + 0.25  # "training data": mid-grey images
+    gm = prepare_ann(trained_batchnorm(small_cnn(), data)).eval()
+    x = synthesise_images(gm, (3, 12, 12), images=32, steps=150, lr=0.1, device=torch.device("cpu"))
+    assert x.shape == (32, 3, 12, 12) and 0 <= x.min() and x.max() <= 1
+    noise = torch.rand(32, 3, 12, 12)
+    assert statistics_error(gm, x) < 0.1 * statistics_error(gm, noise)
+    again = synthesise_images(gm, (3, 12, 12), 32, 150, 0.1, torch.device("cpu"))
+    assert torch.equal(x, again)  # seeded: the same images every time
+
+
+def test_synthetic_calibrates_the_base_method_without_data(monkeypatch):
+    monkeypatch.setattr(synthetic.SyntheticImages, "steps", 30)
+    torch.manual_seed(1)
+    data = torch.rand(64, 3, 12, 12)
+    model = trained_batchnorm(small_cnn(), data)
+    snn = convert(model, None, timesteps=4, calibration="synthetic",
+                  metadata={"input_size": [3, 12, 12]})  # fmt: skip
+    assert snn.metadata["conversion"]["calibration"] == "synthetic:delay:biascal:mse:grid=100"
+    assert snn.metadata["readout_delay"]["images"] == synthetic.SyntheticImages.images
+    assert snn.metadata["bias_corrections"]
+    with torch.no_grad():
+        assert torch.isfinite(snn(data[:8])).all()
+    assert get_calibration("synthetic:mse").base.name == "mse"
+
+
+def test_synthetic_refuses_models_it_cannot_serve_in_one_line():
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 2))
+    with pytest.raises(ConvertSNNError, match="needs BatchNorm statistics") as err:
+        convert(plain, None, 4, "synthetic", metadata={"input_size": [3, 12, 12]})
+    assert "\n" not in str(err.value)
+    model = trained_batchnorm(small_cnn(), torch.rand(8, 3, 12, 12))
+    with pytest.raises(ConvertSNNError, match="needs the model's input size"):
+        convert(model, None, 4, "synthetic")
