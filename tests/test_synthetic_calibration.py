@@ -2,12 +2,17 @@
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from convertsnn.cli import main
 from convertsnn.convert import convert, prepare_ann
 from convertsnn.convert.calibration import get_calibration, synthetic
 from convertsnn.convert.calibration.synthetic import bn_statistics, synthesise_images
 from convertsnn.errors import ConvertSNNError
+from convertsnn.importers import Preprocessing, save_ann
+from convertsnn.models import create_model
+from convertsnn.snn.serialize import load_snn
 from tests.test_calibration import small_cnn, trained_batchnorm
 
 
@@ -64,3 +69,17 @@ def test_synthetic_refuses_models_it_cannot_serve_in_one_line():
     model = trained_batchnorm(small_cnn(), torch.rand(8, 3, 12, 12))
     with pytest.raises(ConvertSNNError, match="needs the model's input size"):
         convert(model, None, 4, "synthetic")
+
+
+def test_synthetic_from_the_command_line_needs_no_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic.SyntheticImages, "steps", 5)
+    monkeypatch.setattr(synthetic.SyntheticImages, "images", 8)
+    torch.manual_seed(0)
+    ann = save_ann(create_model("resnet20"), tmp_path / "r20.safetensors", "resnet20", {},
+                   Preprocessing((0.5,) * 3, (0.25,) * 3, (3, 32, 32), 10))  # fmt: skip
+    out = tmp_path / "snn.safetensors"
+    args = ["convert", str(ann), "-T", "2", "--calibration", "synthetic", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "calibration synthetic:delay:biascal:mse" in result.output
+    assert load_snn(out).metadata["readout_delay"]["images"] == 8

@@ -172,7 +172,9 @@ def command(
             f"no --calib data: thresholds estimated without data ({calibration}: BatchNorm "
             "statistics propagated through the weights, searched for T); for higher accuracy "
             f"pass --calib DATA (a few hundred training images; default calibration "
-            f"{DATA_CALIBRATION}, see docs/conversion.md)"
+            f"{DATA_CALIBRATION}, see docs/conversion.md), or without data, for a network with "
+            "BatchNorm, --calibration synthetic (calibration images synthesised from its "
+            "statistics; minutes)"
         )
     click.echo(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "
