@@ -12,8 +12,8 @@ which propagates Gaussian statistics through the graph, the synthetic images car
 dependencies between channels and layers, so methods that simulate the SNN (bias calibration,
 the delayed readout) work without data.
 
-Cost: ``steps`` forward and backward passes of the ANN on ``images`` images (ResNet-20: about a
-minute of CPU). It needs BatchNorm statistics and the model's input size (recorded by every
+Cost: ``steps`` forward and backward passes of the ANN on ``images`` images (measured here, one
+thread with other jobs running: ResNet-20 about 2 minutes of CPU, ResNet-56 about 6). It needs BatchNorm statistics and the model's input size (recorded by every
 importer); calibration images, if given, are not used.
 
 Spec: ``synthetic`` or ``synthetic:BASE``, e.g. ``synthetic:mse``.
