@@ -37,7 +37,7 @@ def test_robust_keeps_the_most_robust_scale_of_the_base_thresholds(monkeypatch):
         """A stand-in suite whose robust accuracy peaks at 0.7 x the fitted thresholds."""
         attacked.append(len(x))
         scale = (snn.thresholds[name] / fitted[name]).mean().item()
-        return SimpleNamespace(robust=1 - abs(scale - 0.7))
+        return SimpleNamespace(robust=1 - abs(scale - 0.7), ensemble=SimpleNamespace(clean=1.0))
 
     monkeypatch.setattr(suites, "run_suite", scored_by_scale)
     snn = convert(model, loader(data), timesteps=2, calibration="robust:0.05:mse")
