@@ -1,14 +1,18 @@
 """Low-latency conversion of deep CIFAR-10 ResNets without training (issue 17).
 
-For each model (the standard ResNet-20 and ResNet-56 of akamaster/pytorch_resnet_cifar10 in
---models-dir) and each calibration method (--rows), the script converts the ANN for every T in
---timesteps (every method is converted for each T, so T-aware ones are tuned for it) and
-measures, in one run:
+For each model (the standard ResNet-20 and ResNet-56 of akamaster/pytorch_resnet_cifar10 and
+the PGD-trained VNN-COMP ResNet-2B, all in --models-dir) and each calibration method (--rows),
+the script converts the ANN for every T in --timesteps (every method is converted for each T, so
+T-aware ones are tuned for it) and measures, in one run:
 
 - the SNN's accuracy on the first --test-images lossless CIFAR-10 test images
   (cifar10_lossless_subset.npz), next to the ANN's on the same images;
 - the conversion's CPU seconds (``time.process_time``, this process's threads; calibration and
   any post-conversion correction, not the evaluation).
+
+A row ``spikingjelly:MODE[,channel_wise][,half_threshold]`` (e.g.
+``spikingjelly:99.9%,channel_wise,half_threshold``) is the peer library's converter with those
+options on the same network and images (``pip install --no-deps spikingjelly==2.0.0 loguru``).
 
 Calibration uses the first --calib-images lossless *training* images (none for the data-free
 rows). No test image is seen before evaluation. A small run (the default) is a quick check;
@@ -33,9 +37,10 @@ import time
 from pathlib import Path
 
 import torch
+from fidelity_cifar10 import normalized, pad_shortcuts_as_convs, pooling_as_modules, prefix_accuracy
 from torch.utils.data import DataLoader
 
-from convertsnn.convert import convert
+from convertsnn.convert import convert, prepare_ann
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
 from convertsnn.importers import Preprocessing, load_ann
@@ -44,7 +49,13 @@ from convertsnn.snn.serialize import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 AKAMASTER = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 32, 32), 10)
-MODELS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+CIFAR = Preprocessing((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), (3, 32, 32), 10)
+# name: (file in --models-dir, its normalisation); resnet2b is the PGD-trained VNN-COMP model
+MODELS = {
+    "resnet20": ("resnet20-12fca82f.th", AKAMASTER),
+    "resnet56": ("resnet56-4bfd9763.th", AKAMASTER),
+    "resnet2b": ("vnncomp_resnet2b_pgd2.pth", CIFAR),
+}
 ROWS = (
     "bnstats;bnmse;mse;biascal:mse;offset:mse;offset:biascal:mse;auto;"
     "ltb;delay:ltb;biascal:ltb;delay:biascal:ltb;delay:biascal:mse"
@@ -69,22 +80,26 @@ def run(args) -> dict:
     result = earlier_result(args)
     result["commands"].append(shlex.join(["python", *sys.argv]))
     for name in args.models.split(","):
-        file = args.models_dir / MODELS[name]
-        ann = load_ann(str(file), arch=name, preprocessing=AKAMASTER).model.eval()
-        model = result["models"].setdefault(name, {"file": MODELS[name], "rows": {}})
+        file, preprocessing = MODELS[name]
+        ann = load_ann(str(args.models_dir / file), arch=name, preprocessing=preprocessing).model
+        ann.eval()
+        model = result["models"].setdefault(name, {"file": file, "rows": {}})
         model["ann_accuracy"] = accuracy(ann, test)
         print(f"{name}: ANN {100 * model['ann_accuracy']:.1f} %", flush=True)
         for spec in args.rows.split(";"):
             empty = {"accuracy": {}, "convert_cpu_seconds": {}, "chosen": {}, "readout": {}}
             row = model["rows"].setdefault(spec, empty)
             row.setdefault("readout", {})
-            for t in args.timesteps:
-                if str(t) in row["accuracy"]:
-                    continue
+            missing = [t for t in args.timesteps if str(t) not in row["accuracy"]]
+            if spec.startswith("spikingjelly:") and missing:
+                spikingjelly_row(row, ann, calib, test, spec, missing)
+                save(result, args.out, args.main)
+                continue
+            for t in missing:
                 start = time.process_time()
                 data = None if spec.startswith(DATA_FREE) else calib
                 snn = convert(ann, data, t, spec, signed=args.signed_spikes, burst=args.burst,
-                              metadata={"input_size": list(AKAMASTER.input_size)})  # fmt: skip
+                              metadata={"input_size": list(preprocessing.input_size)})  # fmt: skip
                 row["convert_cpu_seconds"][str(t)] = time.process_time() - start
                 row["accuracy"][str(t)] = accuracy(snn, test)
                 if "auto_calibration" in snn.metadata:
@@ -98,6 +113,41 @@ def run(args) -> dict:
                 )
                 save(result, args.out, args.main)
     return result
+
+
+def spikingjelly_row(
+    row: dict, ann, calib: DataLoader, test: DataLoader, spec: str, steps: list[int]
+) -> None:
+    """SpikingJelly's rate-coding converter, ``spikingjelly:MODE[,channel_wise][,half_threshold]``
+    (MODE ``Max``, ``99.9%``, ...), converted once and read at every T of ``steps`` (IF neurons,
+    soft reset, the mean of the first T logits); it gets the bare network with BatchNorm folded
+    and normalised images (see ``fidelity_cifar10.spikingjelly_row``)."""
+    from spikingjelly.activation_based import ann2snn, functional  # a peer: benchmarks only
+
+    mode, *flags = spec.partition(":")[2].split(",")
+    unknown = set(flags) - {"channel_wise", "half_threshold"}
+    if unknown:
+        raise SystemExit(f"unknown SpikingJelly option(s) {sorted(unknown)} in '{spec}'")
+    normalize, net = ann[0], pad_shortcuts_as_convs(ann[1])
+    sj_calib, sj_test = normalized(calib, normalize), normalized(test, normalize)
+    start = time.process_time()
+    recipe = ann2snn.RateCodingRecipe(
+        dataloader=sj_calib,
+        mode=mode,
+        channel_wise="channel_wise" in flags,
+        half_threshold="half_threshold" in flags,
+    )
+    graph = pooling_as_modules(prepare_ann(net))
+    snn = ann2snn.Converter(recipe=recipe, device="cpu").convert(graph).eval()
+    seconds = time.process_time() - start
+
+    def run_steps(x: torch.Tensor) -> torch.Tensor:
+        functional.reset_net(snn)
+        return torch.stack([snn(x) for _ in range(max(steps))])
+
+    row["accuracy"].update(prefix_accuracy(run_steps, sj_test, steps, spec))
+    row["convert_cpu_seconds"].update({str(t): seconds for t in steps})
+    print(f"  {spec}: " + ", ".join(f"T={t} {100 * row['accuracy'][str(t)]:.1f} %" for t in steps))
 
 
 def earlier_result(args) -> dict:
@@ -153,7 +203,11 @@ def markdown(result: dict, variants: list[dict] = ()) -> str:
         "averaged over all T steps except for `delay:` rows, whose readout skips the first D "
         "steps chosen on calibration images (listed under each table). CPU seconds: "
         "the conversion alone (`time.process_time`), measured while other jobs shared the two "
-        "cores of this machine, so only their order of magnitude is telling.",
+        "cores of this machine, so only their order of magnitude is telling. "
+        "`spikingjelly:` rows: the peer library SpikingJelly 2.0's rate-coding converter on the "
+        "same network and images (its IF neurons, soft reset, membrane from 0, or from "
+        "theta/2 with `half_threshold`; the mean of the first T logits), converted once for "
+        "all T.",
         "",
     ]
     lines += tables(result, "##")
