@@ -46,3 +46,24 @@ def test_pipeline_steps_parse_and_settings_validate(path, monkeypatch, tmp_path)
         if recipe:
             assert (ROOT / recipe).is_file(), recipe
         CONFIGS[args[0]].from_dict(settings_from(recipe, params), where=step)
+
+
+ZOO_FILES = sorted((ROOT / "model_zoo").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("file", ZOO_FILES, ids=lambda p: p.stem)
+def test_zoo_recipe_converts_with_the_calibration_its_file_records(file):
+    """A default that changes later must not change what a zoo recipe rebuilds."""
+    from convertsnn.cli.convert import default_calibration
+    from convertsnn.convert.calibration import get_calibration
+    from convertsnn.snn.serialize import load_snn
+
+    parent = click.Context(main, info_name="convertsnn")
+    steps = load_pipeline(ROOT / "recipes" / "zoo" / f"{file.stem}.yaml").steps
+    args = next(shlex.split(s)[2:] for s in steps if shlex.split(s)[1] == "convert")
+    params = main.get_command(parent, "convert").make_context("convert", args).params
+    spec = params["calibration"] or default_calibration(
+        params["calib_images"] if params["calib_data"] else None
+    )
+    recorded = load_snn(file).metadata["conversion"]["calibration"]
+    assert str(get_calibration(spec)) == recorded
