@@ -53,7 +53,10 @@ def test_synthetic_calibrates_the_base_method_without_data(monkeypatch):
     model = trained_batchnorm(small_cnn(), data)
     snn = convert(model, None, timesteps=4, calibration="synthetic",
                   metadata={"input_size": [3, 12, 12]})  # fmt: skip
-    assert snn.metadata["conversion"]["calibration"] == "synthetic:delay:biascal:mse:grid=100"
+    assert (
+        snn.metadata["conversion"]["calibration"]
+        == "synthetic:delay:biascal:mse:grid=100,scale=0.7"
+    )
     assert snn.metadata["readout_delay"]["images"] == synthetic.SyntheticImages.images
     assert snn.metadata["bias_corrections"]
     with torch.no_grad():

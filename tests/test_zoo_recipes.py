@@ -52,7 +52,7 @@ ZOO_FILES = sorted((ROOT / "model_zoo").glob("*.safetensors"))
 
 
 @pytest.mark.parametrize("file", ZOO_FILES, ids=lambda p: p.stem)
-def test_zoo_recipe_converts_with_the_calibration_its_file_records(file):
+def test_zoo_recipe_converts_with_the_calibration_and_images_its_file_records(file):
     """A default that changes later must not change what a zoo recipe rebuilds."""
     from convertsnn.cli.convert import default_calibration
     from convertsnn.convert.calibration import get_calibration
@@ -65,5 +65,6 @@ def test_zoo_recipe_converts_with_the_calibration_its_file_records(file):
     spec = params["calibration"] or default_calibration(
         params["calib_images"] if params["calib_data"] else None
     )
-    recorded = load_snn(file).metadata["conversion"]["calibration"]
-    assert str(get_calibration(spec)) == recorded
+    metadata = load_snn(file).metadata
+    assert str(get_calibration(spec)) == metadata["conversion"]["calibration"]
+    assert params["calib_images"] == metadata["calibration_data"]["images"]
