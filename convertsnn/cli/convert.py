@@ -27,7 +27,7 @@ from convertsnn.snn.surrogate import parse_surrogate
 # the defaults follow the measurements (docs/conversion.md, "Deep ResNets without training"):
 # with data, model selection over bnmse, mse, channelwise, delay:biascal:mse (biascal:mse with
 # the delayed readout, best at every T measured) and the same from thresholds x 0.7 (ahead on
-# deep ResNets at T = 8 and 16); below auto's minimum, biascal:mse
+# deep ResNets at T >= 8); below auto's minimum, biascal:mse
 # (too few images to choose a readout delay on); without data, bnmse
 DATA_CALIBRATION = "auto"
 FEW_IMAGES_CALIBRATION = "biascal:mse"
