@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from convertsnn.cli import main
+from convertsnn.cli.convert import default_calibration
 from convertsnn.cli.finetune import settings_from
+from convertsnn.convert.calibration import get_calibration
 from convertsnn.finetune import FinetuneConfig, TrainConfig
+from convertsnn.snn.serialize import load_snn
 from convertsnn.zoo.pipeline import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +57,6 @@ ZOO_FILES = sorted((ROOT / "model_zoo").glob("*.safetensors"))
 @pytest.mark.parametrize("file", ZOO_FILES, ids=lambda p: p.stem)
 def test_zoo_recipe_converts_with_the_calibration_and_images_its_file_records(file):
     """A default that changes later must not change what a zoo recipe rebuilds."""
-    from convertsnn.cli.convert import default_calibration
-    from convertsnn.convert.calibration import get_calibration
-    from convertsnn.snn.serialize import load_snn
-
     parent = click.Context(main, info_name="convertsnn")
     steps = load_pipeline(ROOT / "recipes" / "zoo" / f"{file.stem}.yaml").steps
     args = next(shlex.split(s)[2:] for s in steps if shlex.split(s)[1] == "convert")
