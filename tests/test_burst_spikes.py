@@ -8,14 +8,10 @@ from convertsnn.convert.calibration.mse import best_threshold
 from convertsnn.errors import ConvertSNNError
 from convertsnn.export.nir import to_nir
 from convertsnn.export.onnx import export_onnx, onnx_logits
-from convertsnn.importers import Preprocessing
-from convertsnn.importers.checkpoint import save_ann
-from convertsnn.models import create_model
 from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.serialize import load_snn, read_document, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
-from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.conftest import write_npz
+from tests.cli_helpers import assert_one_line_error, convert_command, run_cli
 from tests.test_calibration import loader, trained_batchnorm
 from tests.test_deep_conversion import residual_net
 
@@ -149,12 +145,7 @@ def test_bad_burst_settings_are_refused_in_one_line(kwargs, message):
 
 
 def test_cli_convert_burst(tmp_path):
-    torch.manual_seed(0)
-    ann = save_ann(create_model("mnist_cnn", width=4), tmp_path / "ann.safetensors", "mnist_cnn",
-                   {"width": 4}, Preprocessing((0.13,), (0.31,), (1, 28, 28), 10))  # fmt: skip
-    data = write_npz(tmp_path / "d.npz", n=24, shape=(28, 28))
-    out = tmp_path / "snn.safetensors"
-    common = ["convert", ann, "--calib", data, "-T", "4", "--calibration", "max", "-o", out]
+    common, out = convert_command(tmp_path)
     result = run_cli(*common, "--burst", "2")
     assert result.exit_code == 0, result.output
     assert all(n.burst == 2 for n in load_snn(out).neurons())

@@ -19,19 +19,21 @@ needs_compiler = pytest.mark.skipif(
     reason="no C++ compiler: the compiled runtime falls back to the eager neuron",
 )
 
-CASES = [  # (reset, leak, per-channel threshold, surrogate, input shape per step)
-    ("subtract", 1.0, False, "triangle:1", (3, 5, 5)),
-    ("zero", 0.8, True, "sigmoid:3:abs", (3, 5, 5)),
-    ("subtract", 0.9, True, "rect:0.5:detach", (3,)),
+CASES = [  # (reset, leak, per-channel threshold, surrogate, input shape per step, dither)
+    ("subtract", 1.0, False, "triangle:1", (3, 5, 5), 0.0),
+    ("zero", 0.8, True, "sigmoid:3:abs", (3, 5, 5), 0.0),
+    ("subtract", 0.9, True, "rect:0.5:detach", (3,), 0.0),
+    ("subtract", 1.0, True, "triangle:1", (3, 5, 5), 0.25),
 ]
 
 
-def _pair(reset, leak, per_channel, surrogate, shape, steps=6, batch=4):
+def _pair(reset, leak, per_channel, surrogate, shape, dither=0.0, steps=6, batch=4):
     torch.manual_seed(0)
     theta = torch.tensor([0.6, 1.1, 0.9]) if per_channel else 0.8
     neurons = []
     for runtime in ("eager", "compiled"):
-        neuron = IFNeuron(threshold=theta, leak=leak, reset=reset, v_init=0.3, surrogate=surrogate)
+        neuron = IFNeuron(threshold=theta, leak=leak, reset=reset, v_init=0.3, surrogate=surrogate,
+                          dither=dither)  # fmt: skip
         neuron.timesteps, neuron.runtime = steps, runtime
         neurons.append(neuron)
     x = torch.randn(steps * batch, *shape) * 0.8
@@ -39,14 +41,21 @@ def _pair(reset, leak, per_channel, surrogate, shape, steps=6, batch=4):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}-{len(c[4])}d")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}-{len(c[4])}d-dither{c[5]}"
+)
 def test_compiled_neuron_matches_the_eager_one(case):
     (eager, fused), x, weights = _pair(*case)
-    with torch.no_grad():
-        assert torch.equal(fused(x), eager(x))
+    outputs = []
+    for neuron in (eager, fused):
+        torch.manual_seed(1)  # the same draws for dithered neurons
+        with torch.no_grad():
+            outputs.append(neuron(x))
+    assert torch.equal(*outputs)
     results = []
     for neuron in (eager, fused):
         xg = x.clone().requires_grad_(True)
+        torch.manual_seed(1)
         out = neuron(xg)
         (out * weights).sum().backward()
         results.append((out.detach(), xg.grad, neuron.threshold.grad))

@@ -20,7 +20,7 @@ from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, load_ann, source_stem
 from convertsnn.snn.network import check_timesteps
-from convertsnn.snn.neurons import check_burst
+from convertsnn.snn.neurons import check_burst, check_dither
 from convertsnn.snn.serialize import check_writable, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
 
@@ -106,6 +106,15 @@ def _preprocessing(
     help="Most spikes a neuron sends per step (K >= 2: burst neurons, a hardware-cost variant, "
     "not for binary-spike hardware; 1: binary; docs/conversion.md).",
 )
+@click.option(
+    "--dither",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Half-width a of a random initial membrane theta * U[v_init - a, v_init + a] drawn per "
+    "input (dithered rounding; the model becomes random and is evaluated with EOT; 0: off; "
+    "docs/robustness_loss.md).",
+)
 @click.option("--arch", help="Architecture of a plain state dict (see `convertsnn models`).")
 @click.option("--mean", help="Per-channel input mean, e.g. 0.4914,0.4822,0.4465.")
 @click.option("--std", help="Per-channel input std.")
@@ -126,7 +135,7 @@ def _preprocessing(
 @device_option
 def command(
     source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
-    surrogate, signed_spikes, burst, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
+    surrogate, signed_spikes, burst, dither, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
 ) -> None:  # fmt: skip
     """Convert the ANN SOURCE into a spiking network file.
 
@@ -142,6 +151,7 @@ def command(
         raise ConvertSNNError(f"--batch-size must be at least 1, got {batch_size}")
     parse_surrogate(surrogate)
     check_burst(burst, reset, signed_spikes)
+    check_dither(dither, v_init)
     device = resolve_device(device)
     path = Path(out or f"{source_stem(source)}_snn_T{timesteps}.safetensors")
     check_writable(path)
@@ -169,7 +179,7 @@ def command(
     snn = convert(
         ann.model, loader, timesteps=timesteps, calibration=calibration, neuron=neuron,
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
-        metadata=metadata, signed=signed_spikes, burst=burst,
+        metadata=metadata, signed=signed_spikes, burst=burst, dither=dither,
     )  # fmt: skip
     save_snn(snn, path)
     if data_free_note:
@@ -185,4 +195,5 @@ def command(
         f"converted {source} -> {path}: {sum(1 for _ in snn.neurons())} spiking layers, "
         f"T={timesteps}, calibration {snn.metadata['conversion']['calibration']}"
         + (f", readout {snn.readout}" if snn.readout != "mean" else "")
+        + (f", dither {dither:g} (random: evaluate with EOT)" if dither else "")
     )

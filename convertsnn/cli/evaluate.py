@@ -126,6 +126,13 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     "--timesteps", "-T", default=None, help="Comma-separated T values (default: the model's T)."
 )
 @click.option(
+    "--dither",
+    default=None,
+    type=float,
+    help="Evaluate with every neuron's initial membrane drawn per input from theta * U[v_init - "
+    "a, v_init + a] (this a; 0: off; default: the model's; not saved). EOT applies.",
+)
+@click.option(
     "--suite",
     type=click.Choice(list(SUITES)),
     default=None,
@@ -230,7 +237,7 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
 @device_option
 @click.pass_context
 def command(
-    ctx, model_file, data, timesteps, suite, attack, eps, norm, steps, alpha, restarts, loss,
+    ctx, model_file, data, timesteps, dither, suite, attack, eps, norm, steps, alpha, restarts, loss,
     queries, targets, gradient, surrogate, eot, autoattack, autoattack_mode, sanity,
     attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, save_adversarial,
     transfer_from, resume, runtime, device,
@@ -268,6 +275,8 @@ def command(
     device = resolve_device(device)
     snn = load_snn(resolve_model_file(model_file), device)
     snn.runtime = runtime
+    if dither is not None:
+        snn.set_dither(dither)
     ts = parse_int_list(timesteps, "--timesteps") if timesteps else [snn.timesteps]
     for value in ts:
         check_timesteps(value, "--timesteps")
@@ -279,7 +288,7 @@ def command(
     draws = eot if eot is not None else default_eot(snn)
     settings = {
         "model": str(model_file), "data": dataset.name, "images": len(dataset),
-        "timesteps": ts, "eps": eps_values, "norm": norm, "eot": draws, "seed": seed,
+        "timesteps": ts, **({"dither": dither} if dither is not None else {}), "eps": eps_values, "norm": norm, "eot": draws, "seed": seed,
         "batch_size": batch_size, "surrogate": surrogate, "ann": ann,
         "suite": {"name": evaluation.name, "description": evaluation.description}
         if evaluation else None,

@@ -149,6 +149,11 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
     "(noise training; default: the model's).",
 )  # fmt: skip
 @click.option(
+    "--dither", type=float,
+    help="Half-width a of every neuron's random initial membrane theta * U[v_init - a, v_init + "
+    "a], drawn per input, to train with and save (0: off; default: the model's).",
+)  # fmt: skip
+@click.option(
     "--neuron", type=str,
     help=f"{' or '.join(NEURON_CHOICES)}: dlif turns every IF neuron into a DLIF neuron with "
     f"learnable per-step input gains, all 1 at first{_default(FinetuneConfig, 'neuron')}.",

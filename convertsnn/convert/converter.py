@@ -17,7 +17,7 @@ from convertsnn.convert.calibration import CalibrationMethod, get_calibration
 from convertsnn.convert.graph import activation_names, prepare_ann
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork, check_timesteps
-from convertsnn.snn.neurons import IFNeuron, check_burst
+from convertsnn.snn.neurons import IFNeuron, check_burst, check_dither
 
 NEURON_TYPES = ("if", "lif")
 
@@ -90,6 +90,7 @@ def convert(
     metadata: dict | None = None,
     signed: bool = False,
     burst: int = 1,
+    dither: float = 0.0,
 ) -> SpikingNetwork:
     """Convert a ReLU ANN (taking images in [0, 1]) into a :class:`SpikingNetwork`.
 
@@ -109,6 +110,9 @@ def convert(
             (see :class:`IFNeuron`; off by default).
         burst: the most spikes a neuron sends per step, K (Li and Zeng, IJCAI 2022; see
             :class:`IFNeuron`); 1, the default, is binary, K >= 2 a hardware-cost variant.
+        dither: half-width of each neuron's random initial membrane ``theta * U[v_init -
+            dither, v_init + dither]``, drawn per input (see :class:`IFNeuron`; 0, the
+            default, is deterministic). Set after calibration, which sees ``v_init``.
     """
     if not isinstance(ann, nn.Module):
         raise ConvertSNNError(f"convert takes a torch.nn.Module ANN, got {type(ann).__name__}")
@@ -123,6 +127,7 @@ def convert(
     if signed and reset != "subtract":
         raise ConvertSNNError("signed spikes need reset by subtraction (reset='subtract')")
     check_burst(burst, reset, signed)
+    check_dither(dither, v_init)
     if neuron not in NEURON_TYPES:
         raise ConvertSNNError(f"unknown neuron '{neuron}'; choose one of {', '.join(NEURON_TYPES)}")
     if neuron == "if":
@@ -160,6 +165,9 @@ def convert(
         meta["conversion"]["burst_spikes"] = (
             f"hardware-cost variant: up to {burst} spikes per neuron and step"
         )
+    if dither:
+        meta["conversion"]["dither"] = dither
     snn = SpikingNetwork(body, timesteps, metadata=meta).to(device)
     method.correct_snn(snn, calib, device)
+    snn.set_dither(dither)
     return snn.eval()

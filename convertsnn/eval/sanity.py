@@ -52,15 +52,16 @@ class Flag:
 
 
 def check_determinism(model: nn.Module, x: torch.Tensor, eot: int) -> Flag:
-    """Run ``model`` twice on ``x``; stochastic encoders must come with EOT."""
+    """Run ``model`` twice on ``x``; random models (``SpikingNetwork.stochastic``) must come
+    with EOT."""
     with torch.no_grad():
         differ = not torch.equal(model(x), model(x))
-    encoder = getattr(model, "encoder", None)
-    if getattr(encoder, "stochastic", False):
+    randomness = getattr(model, "randomness", "")
+    if randomness:
         if eot < 2:
-            return Flag("determinism", True, f"the {encoder} encoder is random but EOT is off "
-                        "(--eot 1): gradients and accuracy rest on single draws")  # fmt: skip
-        return Flag("determinism", False, f"stochastic {encoder} encoder: accuracy is the "
+            return Flag("determinism", True, f"the model is random ({randomness}) but EOT is "
+                        "off (--eot 1): gradients and accuracy rest on single draws")  # fmt: skip
+        return Flag("determinism", False, f"random model ({randomness}): accuracy is the "
                     f"expectation over {eot} draws, gradients average {eot} draws (EOT)")  # fmt: skip
     if differ:
         return Flag("determinism", True, "two identical forward passes gave different outputs: "

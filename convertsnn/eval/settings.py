@@ -66,7 +66,6 @@ class EvalSettings:
 
 
 def default_eot(model: nn.Module) -> int:
-    """Draws per estimate for ``model``: :data:`STOCHASTIC_EOT` for a random input encoder
-    (Poisson, Gaussian), else 1."""
-    encoder = getattr(model, "encoder", None)
-    return STOCHASTIC_EOT if getattr(encoder, "stochastic", False) else 1
+    """Draws per estimate for ``model``: :data:`STOCHASTIC_EOT` for a random model (a Poisson
+    or Gaussian input encoder, dithered neurons; ``SpikingNetwork.stochastic``), else 1."""
+    return STOCHASTIC_EOT if getattr(model, "stochastic", False) else 1

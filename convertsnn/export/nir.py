@@ -287,10 +287,10 @@ def to_nir(snn: SpikingNetwork, v_init: str = "bias"):
     if v_init not in V_INIT_MODES:
         raise ConvertSNNError(f"unknown v_init mode '{v_init}'; use drop or bias")
 
-    if snn.encoder.stochastic:
+    if snn.stochastic:
         raise ConvertSNNError(
-            f"the model codes its input with the stochastic '{snn.encoder}' encoder; NIR export "
-            "supports direct coding only"
+            f"the model is random ({snn.randomness}); NIR export supports deterministic models "
+            "only (direct coding, no dither)"
         )
     if snn.readout != "mean":
         raise ConvertSNNError(

@@ -86,10 +86,10 @@ class UnrolledNetwork(nn.Module):
 
     def __init__(self, snn: SpikingNetwork, timesteps: int | None = None) -> None:
         super().__init__()
-        if snn.encoder.stochastic:
+        if snn.stochastic:
             raise ConvertSNNError(
-                f"the model codes its input with the stochastic '{snn.encoder}' encoder, which "
-                "has no reproducible ONNX form; only direct coding can be exported"
+                f"the model is random ({snn.randomness}), which has no reproducible ONNX form; "
+                "only deterministic models (direct coding, no dither) can be exported"
             )
         self.timesteps = timesteps or snn.timesteps
         self.delay = snn.readout_delay

@@ -46,6 +46,8 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
             snn.timesteps = config.timesteps
         if config.encoder is not None:
             snn.encoder = parse_encoder(config.encoder)
+        if config.dither is not None:
+            snn.set_dither(config.dither)
         if config.neuron == "dlif":
             to_dlif(snn)
         snn.memory = config.memory

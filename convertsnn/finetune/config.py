@@ -26,6 +26,7 @@ from convertsnn.objectives.attack_gradient import InnerGradient
 from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.encoding import parse_encoder
 from convertsnn.snn.network import MEMORY_MODES
+from convertsnn.snn.neurons import check_dither
 from convertsnn.snn.surrogate import parse_surrogate
 
 OPTIMIZERS = ("sgd", "adam")
@@ -206,13 +207,16 @@ class FinetuneConfig(RunConfig):
     drawn per step (``attack_gradient_pick`` ``draw``) or the per-sample worst (``worst``); see
     :mod:`convertsnn.objectives.attack_gradient`. ``threshold_lr_scale``: the thresholds learn at
     ``lr * threshold_lr_scale`` (their relative gradient is about 10x smaller than the weights',
-    ``benchmarks/results/gradient_health.md``; 1 keeps one learning rate).
+    ``benchmarks/results/gradient_health.md``; 1 keeps one learning rate). ``dither``: the
+    half-width of every neuron's random initial membrane to train with and save (see
+    :class:`~convertsnn.snn.neurons.IFNeuron`; 0 turns it off; default: the model's).
     """
 
     model: str = ""
     teacher: str | None = None
     timesteps: int | None = None
     encoder: str | None = None
+    dither: float | None = None
     neuron: str = "keep"
     surrogate: str | None = None
     surrogate_scale: str = "threshold"
@@ -240,6 +244,8 @@ class FinetuneConfig(RunConfig):
         _choice("train", self.train, PARAMETER_SETS)
         if self.encoder is not None:
             parse_encoder(self.encoder)
+        if self.dither is not None:
+            check_dither(self.dither)
         _choice("neuron", self.neuron, NEURON_CHOICES)
         _choice("memory", self.memory, MEMORY_CHOICES)
         _choice("runtime", self.runtime, RUNTIME_CHOICES)

@@ -14,7 +14,7 @@ kernel, which reads the input currents once and writes the outputs once.
   eager ones within float rounding (the threshold gradient is summed in another order).
 
 Binary IF/LIF neurons with a :class:`~convertsnn.snn.surrogate.Surrogate` in ``bptt`` mode, or
-without gradients, use it; signed and burst neurons, ``bptr`` and custom surrogates (the
+without gradients, use it (dithered ones too: their initial membrane is one more input); signed and burst neurons, ``bptr`` and custom surrogates (the
 adaptive attack) stay on the eager path. Compiling takes seconds per (T, surrogate,
 scalar/per-channel threshold) the first time in a process (TorchInductor caches on disk for
 later ones) and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
@@ -37,7 +37,7 @@ RECOMPILE_LIMIT = 64  # one compiled variant per (T, surrogate, threshold layout
 _failure: str | None = None  # why compiling failed in this process (then everything is eager)
 
 
-def _forward(seq: torch.Tensor, theta: torch.Tensor, v_init: float, leak: float,
+def _forward(seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor, leak: float,
              reset_zero: bool) -> torch.Tensor:  # fmt: skip
     """``theta * spikes`` ``[T, ...]`` of :func:`~convertsnn.snn.neurons.integrate_and_fire`."""
     u = torch.zeros_like(seq[0]) + v_init * theta
@@ -55,7 +55,7 @@ def _backward(
     seq: torch.Tensor,
     theta: torch.Tensor,
     grad_out: torch.Tensor,
-    v_init: float,
+    v_init: float | torch.Tensor,
     leak: float,
     reset_zero: bool,
     family: str,
@@ -126,6 +126,12 @@ def _fold(seq: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return seq.reshape(steps, batch, channels, -1), theta.reshape(-1, 1)
 
 
+def _fold_membrane(v_init: float | torch.Tensor, seq4: torch.Tensor) -> float | torch.Tensor:
+    """A per-input initial membrane ``[B, C, ...]`` (dithered neurons) folded like one step of
+    ``seq4`` ``[T, B, C, R]``; a float stays as it is."""
+    return v_init if isinstance(v_init, float) else v_init.reshape(seq4.shape[1:])
+
+
 class _CompiledIFDynamics(torch.autograd.Function):
     """:class:`~convertsnn.snn.neurons._IFDynamics` with compiled kernels; saves only the
     input currents."""
@@ -133,6 +139,7 @@ class _CompiledIFDynamics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
         seq4, theta2 = _fold(seq, theta)
+        v_init = _fold_membrane(v_init, seq4)
         out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero)
         ctx.save_for_backward(seq4, theta2)
         ctx.settings = (v_init, leak, reset_zero, surrogate)
@@ -174,18 +181,20 @@ def compiled_dynamics(
     theta: torch.Tensor,
     leak: float,
     reset_zero: bool,
-    v_init: float,
+    v_init: float | torch.Tensor,
     surrogate: Surrogate,
     needs_grad: bool,
 ) -> torch.Tensor | None:
     """``theta * spikes`` ``[T, B, ...]`` by the compiled kernels (with the surrogate BPTT when
-    ``needs_grad``), or None when compiling failed in this process (use the eager neuron)."""
+    ``needs_grad``), or None when compiling failed in this process (use the eager neuron).
+    ``v_init``: a float, or one value per input and neuron ``[B, ...]`` (dithered neurons)."""
     if _failure is not None:
         return None
     try:
         if needs_grad:
             return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate)
         seq4, theta2 = _fold(seq, theta)
+        v_init = _fold_membrane(v_init, seq4)
         return _kernel("forward")(seq4, theta2, v_init, leak, reset_zero).view(seq.shape)
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)

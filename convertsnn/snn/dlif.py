@@ -31,7 +31,7 @@ class DLIFNeuron(IFNeuron):
     """IF/LIF neuron whose input current at step ``t`` is multiplied by a learnable ``gain[t]``.
 
     Args:
-        threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst: as
+        threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst, dither: as
             :class:`IFNeuron`.
         timesteps: the number of steps T the gains are for (one gain per step, all 1 at first).
     """
@@ -47,8 +47,11 @@ class DLIFNeuron(IFNeuron):
         min_threshold: float = 1e-3,
         signed: bool = False,
         burst: int = 1,
+        dither: float = 0.0,
     ) -> None:
-        super().__init__(threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst)
+        super().__init__(
+            threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst, dither
+        )
         if int(timesteps) != timesteps or timesteps < 1:
             raise ConvertSNNError(f"DLIF neuron needs timesteps >= 1, got {timesteps}")
         self.gain = nn.Parameter(torch.ones(int(timesteps)))

@@ -30,7 +30,7 @@ from convertsnn.errors import ConvertSNNError, InputRangeWarning
 from convertsnn.snn.checkpointing import checkpointed_body
 from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.encoding import Encoder, parse_encoder
-from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron
+from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron, check_dither
 from convertsnn.snn.pooling import SpikingMaxPool2d
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
@@ -130,6 +130,28 @@ class SpikingNetwork(nn.Module):
     def neurons(self) -> Iterator[IFNeuron]:
         """All spiking neurons of the body, in module order."""
         return (m for m in self.body.modules() if isinstance(m, IFNeuron))
+
+    @property
+    def randomness(self) -> str:
+        """What makes the output random ("" when nothing does): a random input encoder
+        (Poisson, Gaussian) and/or neurons with a dithered initial membrane."""
+        parts = [f"the {self.encoder} encoder"] if self.encoder.stochastic else []
+        dithers = sorted({n.dither for n in self.neurons() if n.dither})
+        if dithers:
+            values = ", ".join(f"{d:g}" for d in dithers)
+            parts.append(f"the dithered initial membrane of its neurons (dither {values})")
+        return " and ".join(parts)
+
+    @property
+    def stochastic(self) -> bool:
+        """True when two forward passes on the same input may differ (evaluate with EOT)."""
+        return bool(self.randomness)
+
+    def set_dither(self, dither: float) -> None:
+        """Give every neuron a random initial membrane ``theta * U[v_init - dither, v_init +
+        dither]`` per input (0: off; see :class:`IFNeuron`)."""
+        for neuron in self.neurons():
+            neuron.dither = check_dither(dither, neuron.v_init)
 
     @property
     def input_size(self) -> tuple[int, ...] | None:

@@ -34,6 +34,15 @@ and its membrane drops by ``s[t] * theta`` (reset by subtraction only). A membra
 charged past 2 theta (input arriving unevenly, or a current above theta) is passed on at once
 instead of over later steps, and a neuron can send up to ``K * theta`` per step. It costs a
 divider (or K comparisons) per neuron and up to K synaptic events per neuron and step.
+
+Dithered initial membrane, ``dither=a`` with 0 < a <= min(v_init, 1 - v_init), off by default:
+each neuron draws its initial membrane per input and per forward pass from
+``theta * U[v_init - a, v_init + a]``. Over T steps an IF neuron rounds its mean input to one
+of T + 1 levels; the draw moves the rounding boundaries at random, so the rounding is dithered
+(non-subtractive dither, Schuchman 1964: with a = 0.5 its expected error no longer depends on the
+input) and an attack cannot place a perturbation on boundaries it does not know. The model
+becomes stochastic: it is evaluated with EOT, and exports refuse it. It costs one random number
+per neuron and inference (the initial membrane; benchmarks/results/dither_probe.md).
 """
 
 from __future__ import annotations
@@ -76,6 +85,9 @@ class IFNeuron(nn.Module):
             a hardware-cost variant, off by default).
         burst: at most this many spikes per step (see the module doc; 1, the default, is the
             binary neuron; K >= 2 is a hardware-cost variant and needs reset by subtraction).
+        dither: half-width ``a`` of the random initial membrane ``theta * U[v_init - a,
+            v_init + a]`` drawn per input and forward pass (see the module doc; 0, the default,
+            is deterministic).
             Surrogate gradient of a burst: the surrogate family is applied around each of the
             K thresholds ``k * theta`` and summed (``ds/du = sum_k f'(u - k theta)``), except
             in :meth:`simulate`, where only the first threshold passes a gradient.
@@ -100,6 +112,7 @@ class IFNeuron(nn.Module):
         min_threshold: float = 1e-3,
         signed: bool = False,
         burst: int = 1,
+        dither: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0 < leak <= 1:
@@ -113,6 +126,7 @@ class IFNeuron(nn.Module):
         self.leak = float(leak)
         self.reset = reset
         self.v_init = float(v_init)
+        self.dither = check_dither(dither, self.v_init)
         self.surrogate = parse_surrogate(surrogate)
         self.min_threshold = float(min_threshold)
         self.signed = bool(signed)
@@ -121,8 +135,8 @@ class IFNeuron(nn.Module):
         self.runtime = "eager"
 
     def config(self) -> dict:
-        """Constructor arguments except the threshold (which is a parameter); ``signed`` and
-        ``burst`` only when set, so files of binary neurons are written as before."""
+        """Constructor arguments except the threshold (which is a parameter); ``signed``,
+        ``burst`` and ``dither`` only when set, so files of binary neurons are written as before."""
         config = {
             "leak": self.leak,
             "reset": self.reset,
@@ -134,6 +148,8 @@ class IFNeuron(nn.Module):
             config["signed"] = True
         if self.burst > 1:
             config["burst"] = self.burst
+        if self.dither:
+            config["dither"] = self.dither
         return config
 
     def extra_repr(self) -> str:
@@ -148,16 +164,25 @@ class IFNeuron(nn.Module):
             theta = theta.view(-1, *([1] * (ndim - 2)))
         return theta
 
+    def initial_membrane(self, seq: torch.Tensor) -> float | torch.Tensor:
+        """``u[0] / theta`` for the inputs ``[T, B, ...]``: ``v_init``, or with ``dither`` one
+        draw per input and neuron from ``U[v_init - dither, v_init + dither]`` ``[B, ...]``."""
+        if not self.dither:
+            return self.v_init
+        noise = torch.rand(seq.shape[1:], dtype=seq.dtype, device=seq.device)
+        return self.v_init + self.dither * (2 * noise - 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: input currents ``[T*B, ...]``; returns ``theta * spikes``, same shape."""
         if self.gradient_mode == "ann":
             return torch.relu(x)
         seq = unfold_time(x, self.timesteps)
         theta = self._theta(x.dim())
+        v_init = self.initial_membrane(seq)
         if self.gradient_mode == "bptr":
-            return _RateBackprop.apply(seq, theta, self).flatten(0, 1)
+            return _RateBackprop.apply(seq, theta, self, v_init).flatten(0, 1)
         needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
-        settings = (self.leak, self.reset == "zero", self.v_init)
+        settings = (self.leak, self.reset == "zero", v_init)
         if (
             self.runtime == "compiled"
             and self.burst == 1
@@ -173,9 +198,15 @@ class IFNeuron(nn.Module):
         if isinstance(self.surrogate, Surrogate) and not self.signed:
             dynamics = (*settings, self.surrogate, self.burst)
             return _IFDynamics.apply(seq, theta, *dynamics).flatten(0, 1)
-        return self.simulate(seq, theta, self.surrogate).flatten(0, 1)
+        return self.simulate(seq, theta, self.surrogate, v_init).flatten(0, 1)
 
-    def simulate(self, seq: torch.Tensor, theta: torch.Tensor, surrogate) -> torch.Tensor:
+    def simulate(
+        self,
+        seq: torch.Tensor,
+        theta: torch.Tensor,
+        surrogate,
+        v_init: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run the dynamics step by step through autograd; returns ``theta * spikes`` ``[T, B, ...]``.
 
         ``surrogate`` is any object whose ``spike(x, theta)`` is called once per step, in order
@@ -183,9 +214,11 @@ class IFNeuron(nn.Module):
         the adaptive surrogate of :mod:`convertsnn.attacks.adaptive_surrogate`). For a plain
         :class:`Surrogate` the forward pass uses the equivalent, faster :class:`_IFDynamics`.
         Burst neurons: the spike count of the forward pass, with the gradient of the surrogate
-        around the first threshold only (the surrogate is called once per step).
+        around the first threshold only (the surrogate is called once per step). ``v_init``:
+        the initial membrane as a fraction of theta (default: the neuron's ``v_init``).
         """
-        u = torch.zeros_like(seq[0]) + self.v_init * theta
+        v_init = self.v_init if v_init is None else v_init
+        u = torch.zeros_like(seq[0]) + v_init * theta
         detach_reset = surrogate.detach_reset
         count = torch.zeros_like(u) if self.signed else None
         out = []
@@ -210,7 +243,7 @@ def integrate_and_fire(
     theta: torch.Tensor,
     leak: float,
     reset_zero: bool,
-    v_init: float,
+    v_init: float | torch.Tensor,
     keep: bool = False,
     signed: bool = False,
     burst: int = 1,
@@ -222,7 +255,8 @@ def integrate_and_fire(
     neurons; what the backward pass of :class:`_IFDynamics` needs), else ``None`` for both. Per
     step about four full-tensor kernels (five for LIF); one membrane ``[B, ...]`` is updated in
     place and nothing else is stored. Spikes and outputs are bit-identical to
-    :meth:`IFNeuron.simulate`. ``signed`` (not with ``keep``) adds the negative spikes of signed
+    :meth:`IFNeuron.simulate`. ``v_init``: a float, or one value per input and neuron
+    ``[B, ...]`` (dithered neurons). ``signed`` (not with ``keep``) adds the negative spikes of signed
     neurons (the ``out`` only); ``burst`` > 1 emits up to that many spikes per step (reset by
     subtraction only).
     """
@@ -251,7 +285,7 @@ def integrate_and_fire(
 
 
 def _signed_integrate_and_fire(
-    seq: torch.Tensor, theta: torch.Tensor, leak: float, v_init: float
+    seq: torch.Tensor, theta: torch.Tensor, leak: float, v_init: float | torch.Tensor
 ) -> torch.Tensor:
     """``theta * (positive - negative spikes)`` ``[T, B, ...]`` of signed neurons (reset by
     subtraction, no autograd)."""
@@ -282,13 +316,34 @@ def check_burst(burst: int, reset: str = "subtract", signed: bool = False) -> in
     return burst
 
 
+def check_dither(dither: float, v_init: float = 0.5) -> float:
+    """``dither`` as the half-width of the random initial membrane, refused in one line unless
+    the range ``[v_init - dither, v_init + dither]`` stays within [0, 1] (fractions of theta)."""
+    try:
+        value = float(dither)
+    except (TypeError, ValueError):
+        value = float("nan")
+    limit = min(v_init, 1 - v_init)
+    if isinstance(dither, bool) or not 0 <= value <= limit:
+        raise ConvertSNNError(
+            f"dither is the half-width of the random initial membrane, from 0 (off) to "
+            f"{limit:g} with v_init {v_init:g} (the membrane starts within [0, theta]), got {dither!r}"
+        )
+    return value
+
+
 def burst_count(h: torch.Tensor, theta: torch.Tensor, burst: int) -> torch.Tensor:
     """Spikes of a burst neuron at membrane ``h``: ``clamp(floor(h / theta), 0, burst)``."""
     return torch.floor(h / theta).clamp_(0, burst)
 
 
 def _burst_integrate_and_fire(
-    seq: torch.Tensor, theta: torch.Tensor, leak: float, v_init: float, keep: bool, burst: int
+    seq: torch.Tensor,
+    theta: torch.Tensor,
+    leak: float,
+    v_init: float | torch.Tensor,
+    keep: bool,
+    burst: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """:func:`integrate_and_fire` for burst neurons (reset by subtraction); with ``keep`` the
     spike counts come back as ``uint8``."""
@@ -353,7 +408,7 @@ def backprop_through_time(
     theta: torch.Tensor,
     leak: float,
     reset_zero: bool,
-    v_init: float,
+    v_init: float | torch.Tensor,
     surrogate: Surrogate,
     need_theta: bool,
     burst: int = 1,
@@ -397,8 +452,8 @@ class _RateBackprop(torch.autograd.Function):
     """Spikes forward; backward as ReLU of the firing rate (BPTR, seed 001's ``RateBp``)."""
 
     @staticmethod
-    def forward(ctx, seq: torch.Tensor, theta: torch.Tensor, neuron: IFNeuron):  # type: ignore[override]
-        settings = (neuron.leak, neuron.reset == "zero", neuron.v_init)
+    def forward(ctx, seq, theta, neuron: IFNeuron, v_init):  # type: ignore[override]
+        settings = (neuron.leak, neuron.reset == "zero", v_init)
         out = integrate_and_fire(seq, theta, *settings, signed=neuron.signed, burst=neuron.burst)[0]
         ctx.save_for_backward((out.mean(0, keepdim=True) > 0).to(seq.dtype))
         return out
@@ -406,4 +461,4 @@ class _RateBackprop(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         (active,) = ctx.saved_tensors
-        return grad_output * active, None, None
+        return grad_output * active, None, None, None

@@ -12,7 +12,9 @@ JSON document::
 
 ``readout`` is ``mean`` or ``delay:D`` (see :class:`SpikingNetwork`); files without it (written
 before it existed) read out the mean. A file with a delayed readout is written as version 2, so
-that a convertsnn that predates the setting refuses it instead of averaging all steps.
+that a convertsnn that predates the setting refuses it instead of averaging all steps; a file
+with dithered neurons (a random initial membrane) as version 3, so that an older convertsnn
+refuses it instead of failing on the unknown neuron setting.
 
 Module types, functions and methods are looked up in :mod:`convertsnn.convert.ops`, so only
 known layers are ever constructed. Writes go to a temporary file that is renamed into place, so
@@ -38,7 +40,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork
 
 FORMAT = "convertsnn.snn"
-VERSION = 2  # version 1: no readout setting (the mean over all steps)
+VERSION = 3  # 1: no readout setting (the mean over all steps); 2: delayed readout; 3: dither
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -266,7 +268,7 @@ def save_snn(snn: SpikingNetwork, path: str | os.PathLike) -> Path:
     metadata["thresholds"] = {k: v.tolist() for k, v in snn.thresholds.items()}
     document = {
         "format": FORMAT,
-        "version": 1 if snn.readout == "mean" else VERSION,
+        "version": file_version(snn),
         "timesteps": snn.timesteps,
         "encoder": str(snn.encoder),
         "readout": snn.readout,
@@ -279,6 +281,13 @@ def save_snn(snn: SpikingNetwork, path: str | os.PathLike) -> Path:
         path, lambda tmp: save_file(state, tmp, metadata={"convertsnn": json.dumps(document)})
     )
     return path
+
+
+def file_version(snn: SpikingNetwork) -> int:
+    """The oldest format version that holds ``snn`` (older readers refuse newer files)."""
+    if any(n.dither for n in snn.neurons()):
+        return 3
+    return 1 if snn.readout == "mean" else 2
 
 
 def read_document(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
