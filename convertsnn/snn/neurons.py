@@ -85,12 +85,12 @@ class IFNeuron(nn.Module):
             a hardware-cost variant, off by default).
         burst: at most this many spikes per step (see the module doc; 1, the default, is the
             binary neuron; K >= 2 is a hardware-cost variant and needs reset by subtraction).
-        dither: half-width ``a`` of the random initial membrane ``theta * U[v_init - a,
-            v_init + a]`` drawn per input and forward pass (see the module doc; 0, the default,
-            is deterministic).
             Surrogate gradient of a burst: the surrogate family is applied around each of the
             K thresholds ``k * theta`` and summed (``ds/du = sum_k f'(u - k theta)``), except
             in :meth:`simulate`, where only the first threshold passes a gradient.
+        dither: half-width ``a`` of the random initial membrane ``theta * U[v_init - a,
+            v_init + a]`` drawn per input and forward pass (see the module doc; 0, the default,
+            is deterministic).
 
     Gradient modes (attribute ``gradient_mode``): ``"bptt"`` backpropagates through time with
     the surrogate; ``"bptr"`` backpropagates through the firing rate (the gradient of ReLU at the
