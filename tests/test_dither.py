@@ -109,6 +109,11 @@ def test_a_dithered_network_is_random_saved_and_evaluated_with_eot(snn, images, 
     assert read_document(path)[0]["version"] == 3
     loaded = load_snn(path)
     assert [n.dither for n in loaded.neurons()] == [0.25] * len(list(snn.neurons()))
+    list(loaded.neurons())[-1].v_init = 0.1  # a refused value changes no neuron
+    with pytest.raises(ConvertSNNError, match=r"to 0\.1 with v_init 0\.1"):
+        loaded.set_dither(0.2)
+    assert [n.dither for n in loaded.neurons()] == [0.25] * len(list(snn.neurons()))
+    list(loaded.neurons())[-1].v_init = 0.5
     loaded.set_dither(0)
     assert not loaded.stochastic and default_eot(loaded) == 1
     assert read_document(save_snn(loaded, tmp_path / "plain.safetensors"))[0]["version"] == 1

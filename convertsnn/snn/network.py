@@ -149,9 +149,12 @@ class SpikingNetwork(nn.Module):
 
     def set_dither(self, dither: float) -> None:
         """Give every neuron a random initial membrane ``theta * U[v_init - dither, v_init +
-        dither]`` per input (0: off; see :class:`IFNeuron`)."""
-        for neuron in self.neurons():
-            neuron.dither = check_dither(dither, neuron.v_init)
+        dither]`` per input (0: off; see :class:`IFNeuron`). Checked for every neuron before
+        any changes, so a refused value leaves the model as it was."""
+        neurons = list(self.neurons())
+        values = [check_dither(dither, neuron.v_init) for neuron in neurons]
+        for neuron, value in zip(neurons, values, strict=True):
+            neuron.dither = value
 
     @property
     def input_size(self) -> tuple[int, ...] | None:
