@@ -138,6 +138,8 @@ def test_cli_evaluate_and_finetune_with_dither(tmp_path):
     determinism = next(f for f in flags if f["check"] == "determinism")
     assert not determinism["raised"] and "dither 0.25" in determinism["message"]
     assert not load_snn(plain).stochastic  # evaluate's --dither is not saved
+    bad = run_cli("evaluate", plain, "--data", data, "--dither", "0.9", "--limit", "8")
+    assert_one_line_error(bad, "dither is the half-width")
     run = root / "run"
     result = run_cli("finetune", plain, "--data", data, "--out-dir", run, "--epochs", "1",
                      "--batch-size", "16", "--val-fraction", "0.25", "--val-attack-steps", "2",
