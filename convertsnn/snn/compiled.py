@@ -14,8 +14,9 @@ kernel, which reads the input currents once and writes the outputs once.
   eager ones within float rounding (the threshold gradient is summed in another order).
 
 Binary IF/LIF neurons with a :class:`~convertsnn.snn.surrogate.Surrogate` in ``bptt`` mode, or
-without gradients, use it (dithered ones too: their initial membrane is one more input); signed and burst neurons, ``bptr`` and custom surrogates (the
-adaptive attack) stay on the eager path. Compiling takes seconds per (T, surrogate,
+without gradients, use it (dithered ones too: their initial membrane is one more input);
+signed and burst neurons, ``bptr`` and custom surrogates (the adaptive attack) stay on the
+eager path. Compiling takes seconds per (T, surrogate,
 scalar/per-channel threshold) the first time in a process (TorchInductor caches on disk for
 later ones) and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
 neuron takes over with a one-line warning (a backward pass already under way finishes with the
@@ -118,18 +119,17 @@ def _kernel(name: str):
     return _compiled[name]
 
 
-def _fold(seq: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[T, B, C, ...]`` as ``[T, B, C, R]`` and the threshold as ``[C, 1]`` (or ``[1, 1]``),
-    so that one compiled kernel serves every layer shape."""
+def _fold(
+    seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
+    """``[T, B, C, ...]`` as ``[T, B, C, R]``, the threshold as ``[C, 1]`` (or ``[1, 1]``) and a
+    per-input initial membrane ``[B, C, ...]`` (dithered neurons) as ``[B, C, R]`` (a float stays
+    as it is), so that one compiled kernel serves every layer shape."""
     steps, batch = seq.shape[:2]
     channels = seq.shape[2] if seq.dim() > 2 else 1
-    return seq.reshape(steps, batch, channels, -1), theta.reshape(-1, 1)
-
-
-def _fold_membrane(v_init: float | torch.Tensor, seq4: torch.Tensor) -> float | torch.Tensor:
-    """A per-input initial membrane ``[B, C, ...]`` (dithered neurons) folded like one step of
-    ``seq4`` ``[T, B, C, R]``; a float stays as it is."""
-    return v_init if isinstance(v_init, float) else v_init.reshape(seq4.shape[1:])
+    seq4 = seq.reshape(steps, batch, channels, -1)
+    v_init = v_init if isinstance(v_init, float) else v_init.reshape(seq4.shape[1:])
+    return seq4, theta.reshape(-1, 1), v_init
 
 
 class _CompiledIFDynamics(torch.autograd.Function):
@@ -138,8 +138,7 @@ class _CompiledIFDynamics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
-        seq4, theta2 = _fold(seq, theta)
-        v_init = _fold_membrane(v_init, seq4)
+        seq4, theta2, v_init = _fold(seq, theta, v_init)
         out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero)
         ctx.save_for_backward(seq4, theta2)
         ctx.settings = (v_init, leak, reset_zero, surrogate)
@@ -193,8 +192,7 @@ def compiled_dynamics(
     try:
         if needs_grad:
             return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate)
-        seq4, theta2 = _fold(seq, theta)
-        v_init = _fold_membrane(v_init, seq4)
+        seq4, theta2, v_init = _fold(seq, theta, v_init)
         return _kernel("forward")(seq4, theta2, v_init, leak, reset_zero).view(seq.shape)
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)
