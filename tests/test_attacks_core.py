@@ -114,8 +114,8 @@ class ScriptedRuns(RestartingAttack):
     def run(self, x, y, target):
         run = len(self.seen)
         self.seen.append(x[:, 0, 0, 0].long().tolist())
-        fooled = torch.tensor([i in self.script[run] for i in self.seen[-1]], dtype=torch.bool)
-        return torch.full_like(x, run + 1.0), fooled
+        correct = torch.tensor([float(i not in self.script[run]) for i in self.seen[-1]])
+        return torch.full_like(x, run + 1.0), correct
 
 
 @pytest.mark.parametrize("on_survivors", [True, False])
@@ -133,3 +133,30 @@ def test_restarts_stop_once_every_sample_is_broken():
     attack = ScriptedRuns([{0, 1}, {0, 1}], on_survivors=False)
     attack.perturb(torch.arange(2.0).view(2, 1, 1, 1), torch.zeros(2, dtype=torch.long))
     assert len(attack.seen) == 1
+
+
+class NoisyLine(nn.Module):
+    """Two classes split at mean pixel m = 0.5, logit margin ``20 (0.5 - m) + 6 u``,
+    ``u ~ U[-1, 1]`` drawn per call: past m = 0.5 the mean logits misclassify, yet at m = 0.6 a
+    third of the draws is still right; every draw is wrong only from m = 0.8."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1)
+        half = 10 * (0.5 - m) + 3 * (2 * torch.rand_like(m) - 1)
+        return torch.stack([half, -half], dim=1)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "square"])
+def test_attacks_break_a_random_model_only_when_every_draw_misclassifies(attack):
+    from convertsnn.attacks import build_attack
+    from convertsnn.attacks.ensemble import expected_correct
+
+    torch.manual_seed(0)
+    x, y = torch.full((8, 1, 2, 2), 0.2), torch.zeros(8, dtype=torch.long)
+    params = {"pgd": {"steps": 10, "random_start": False}, "apgd-ce": {"steps": 10},
+              "square": {"queries": 200}}[attack]  # fmt: skip
+    x_adv = build_attack(attack, NoisyLine(), eps=0.8, eot=8, **params)(x, y)
+    # the mean-logit rule stops where a third (PGD, m = 0.6) or half (Square, m = 0.5) of the
+    # draws is right; Square's pixels move in steps of 0.25, so m = 0.75 (1/12 right) may end it
+    limit = 0.15 if attack == "square" else 0.05
+    assert expected_correct(NoisyLine(), x_adv, y, draws=200).max() < limit

@@ -67,7 +67,7 @@ def test_ann_mode_takes_proxy_gradients_but_judges_the_snn(snn, images):
     ann = ModelInMode(snn, "ann")
     x = images.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(F.cross_entropy(ann(x), y, reduction="sum"), x)
-    grad, _, logits = PGD(snn, 0.1, gradient_mode="ann").gradient(images, y)
+    grad, _, logits, _ = PGD(snn, 0.1, gradient_mode="ann").gradient(images, y)
     assert torch.allclose(grad, expected, atol=1e-6)
     assert torch.allclose(logits, snn(images))  # the SNN's logits, not the proxy's
     assert not torch.allclose(logits, ann(images))

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from convertsnn import convert, save_snn
-from convertsnn.attacks.ensemble import Run, WorstCase
+from convertsnn.attacks.ensemble import Run, WorstCase, lowered_beyond_noise
 from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
@@ -55,6 +55,32 @@ def test_worst_case_is_per_sample_and_only_survivors_go_on(images):
     assert (model(result.x_adv[broken]).argmax(1) != y[broken]).all()
     assert set(result.breaker[broken].tolist()) <= {-1, 0, 1, 2}
     assert (result.breaker[:4] == -1).all()  # wrong when clean, never attacked
+
+
+class CoinFlip(nn.Module):
+    """Right on each image with probability 1/2 per draw, wherever the image is."""
+
+    def forward(self, x):
+        right = torch.rand(len(x)) < 0.5
+        return torch.stack([right.float(), (~right).float()], dim=1)
+
+
+def test_runs_count_only_drops_beyond_the_noise_of_the_draws():
+    x, y = torch.rand(64, 1, 4, 4), torch.zeros(64, dtype=torch.long)
+    torch.manual_seed(0)
+    runs = [Run.of("square", queries=3)] * 3  # eps 0: each run re-estimates the same points
+    result = WorstCase(CoinFlip(), EvalSettings(0.0, eot=20, progress=False)).run(x, y, runs)
+    assert result.robust < result.clean - 0.05  # the minimum of noisy estimates falls...
+    assert all(r.lowered == 0 for r in result.records)  # ...but no run broke anything
+    before, after = (
+        torch.tensor([1.0, 0.6, 0.5, 0.05, 1.0]),
+        torch.tensor([0.0, 0.0, 0.4, 0.0, 0.95]),
+    )
+    assert lowered_beyond_noise(before, after, 20).tolist() == [True, True, False, False, False]
+    assert lowered_beyond_noise(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), 1).tolist() == [
+        True,
+        False,
+    ]
 
 
 def test_resume_gives_the_same_numbers(images, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from convertsnn.attacks.gradient_modes import GradientMode
-from convertsnn.attacks.restarts import FirstBreak, RestartingAttack
+from convertsnn.attacks.restarts import RestartingAttack, WorstPoint
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -40,8 +40,9 @@ class APGD(RestartingAttack):
         restarts: runs from new random starts, on the samples not broken yet.
         rho: fraction of loss increases below which the step size is halved (0.75).
 
-    Returns, per sample, an adversarial point if one was found at any iteration, else the point
-    with the highest loss. Example: ``APGD(snn, eps=8/255, loss="dlr")(x, y)``.
+    Returns, per sample, an adversarial point if one was found at any iteration (stochastic
+    models: the first point where the fewest draws classified it correctly, see
+    :class:`WorstPoint`), else the point with the highest loss. Example: ``APGD(snn, eps=8/255, loss="dlr")(x, y)``.
     """
 
     name = "apgd"
@@ -65,19 +66,19 @@ class APGD(RestartingAttack):
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One APGD run from a random start on ``self.loss`` (targeted at ``target`` if given);
-        returns (adversarial-or-best points, fooled)."""
+        returns (adversarial-or-best points, share of correct draws)."""
         loss = self.loss if target is None else "dlr-targeted"
         shape = (-1, *([1] * (x.dim() - 1)))
         eta = torch.full((x.shape[0],), 2 * self.eps, device=x.device)
         x_adv = self.random_start(x)
-        grad, loss_now, logits = self.gradient(x_adv, y, loss, target)
-        breaks = FirstBreak(x_adv, logits.argmax(1) != y)
+        grad, loss_now, _, correct = self.gradient(x_adv, y, loss, target)
+        breaks = WorstPoint(x_adv, correct)
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_now.clone()
         x_prev = x_adv.clone()
         marks = checkpoints(self.steps)
         last_mark, increases = 0, torch.zeros_like(loss_now)
         loss_best_at_mark = loss_best.clone()
-        halved_at_mark = torch.zeros_like(breaks.fooled)
+        halved_at_mark = torch.zeros_like(loss_now, dtype=torch.bool)
         for k in range(1, self.steps + 1):
             z = self.project(x_adv + self.step(grad, 1.0) * eta.view(shape), x)
             momentum = 0.75 if k > 1 else 1.0
@@ -86,8 +87,8 @@ class APGD(RestartingAttack):
             )
             x_prev, x_adv = x_adv, x_new
             loss_prev = loss_now
-            grad, loss_now, logits = self.gradient(x_adv, y, loss, target)
-            breaks.keep(x_adv, logits.argmax(1) != y)
+            grad, loss_now, _, correct = self.gradient(x_adv, y, loss, target)
+            breaks.keep(x_adv, correct)
             increases += (loss_now > loss_prev).float()
             better = loss_now > loss_best
             x_best[better], grad_best[better] = x_adv[better], grad[better]

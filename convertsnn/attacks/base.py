@@ -200,17 +200,20 @@ class Attack:
         y: torch.Tensor,
         loss: str = "ce",
         target: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input gradient of the summed loss in the attack's gradient mode, averaged over ``eot``
         draws (expectation over transformation, Athalye et al. 2018).
 
-        Returns ``(grad, per-sample loss, logits)``; loss and logits are EOT means of the model
-        itself (in ``ann`` mode from an extra forward pass of the model, not of the proxy).
+        Returns ``(grad, per-sample loss, logits, correct)``; loss and logits are EOT means of
+        the model itself and ``correct`` the fraction of its draws that classify each sample
+        correctly (in ``ann`` mode all three from extra forward passes of the model, not of the
+        proxy).
         """
         binding = self._binding or self.gradient_mode.bind(self.model)
         grad = torch.zeros_like(x)
         total_loss = torch.zeros(x.shape[0], device=x.device)
         total_logits = torch.zeros((), device=x.device)
+        right = torch.zeros(x.shape[0], device=x.device)
         for _ in range(self.eot):
             x_in = x.clone().requires_grad_(True)
             with binding():
@@ -220,17 +223,35 @@ class Attack:
             grad += g
             total_loss += losses.detach()
             total_logits = total_logits + logits.detach()
-        logits = total_logits / self.eot
+            right += logits.detach().argmax(1) == y
+        logits, correct = total_logits / self.eot, right / self.eot
         if not self.gradient_mode.exact:
-            logits = self.logits(x)
+            logits, correct = self.judge(x, y)
             total_loss = per_sample_loss(loss, logits, y, target) * self.eot
-        grad = self.grad_stats.check(grad / self.eot, logits.argmax(1) == y)
-        return grad, total_loss / self.eot, logits
+        grad = self.grad_stats.check(grad / self.eot, correct > 0)
+        return grad, total_loss / self.eot, logits, correct
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the model (EOT mean over ``eot`` draws), no gradients."""
         with torch.no_grad():
             return sum(self.model(x) for _ in range(self.eot)) / self.eot
+
+    def judge(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, correct)`` of the model at ``x``, no gradients: the EOT mean of the logits
+        and the fraction of the ``eot`` draws that classify each sample correctly.
+
+        Attacks count a sample as broken only when ``correct`` is 0 (every draw misclassifies
+        it, the rule by which :class:`~convertsnn.attacks.ensemble.WorstCase` lets a sample
+        leave), not when the mean logits do: on a random model the mean first crosses the
+        boundary where many draws are still right (docs/evaluation.md, "Stochastic models").
+        """
+        with torch.no_grad():
+            total, right = torch.zeros((), device=x.device), torch.zeros(len(x), device=x.device)
+            for _ in range(self.eot):
+                logits = self.model(x)
+                total = total + logits
+                right += logits.argmax(1) == y
+        return total / self.eot, right / self.eot
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted labels (EOT mean of the logits for stochastic models)."""

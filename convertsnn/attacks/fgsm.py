@@ -16,5 +16,5 @@ class FGSM(Attack):
     name = "fgsm"
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grad, _, _ = self.gradient(x, y)
+        grad = self.gradient(x, y)[0]
         return x + self.step(grad, self.eps)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from convertsnn.attacks.gradient_modes import GradientMode
-from convertsnn.attacks.restarts import FirstBreak, RestartingAttack
+from convertsnn.attacks.restarts import RestartingAttack, WorstPoint
 from convertsnn.errors import ConvertSNNError
 
 
@@ -23,8 +23,9 @@ class PGD(RestartingAttack):
             breaks it.
         random_start: start from a random point in the ball.
 
-    Returns, per sample, the first successful adversarial example found, else the last iterate
-    of the last restart. Example: ``PGD(snn, eps=8/255, steps=20)(x, y)``.
+    Returns, per sample, the first successful adversarial example found (stochastic models: the
+    first point where the fewest draws classified it correctly, see :class:`WorstPoint`), else
+    the last iterate of the last restart. Example: ``PGD(snn, eps=8/255, steps=20)(x, y)``.
     """
 
     name = "pgd"
@@ -55,13 +56,13 @@ class PGD(RestartingAttack):
     def run(
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One restart: ``steps`` steps from a (random) start; the first break per sample, else
-        the last iterate."""
+        """One restart: ``steps`` steps from a (random) start; the worst point per sample (see
+        :class:`WorstPoint`), else the last iterate."""
         x_adv = self.random_start(x) if self.random_start_enabled else x.clone()
-        breaks = FirstBreak(x_adv)
+        breaks = WorstPoint(x_adv)
         for _ in range(self.steps):
-            grad, _, logits = self.gradient(x_adv, y, self.loss)
-            breaks.keep(x_adv, logits.argmax(dim=1) != y)
+            grad, _, _, correct = self.gradient(x_adv, y, self.loss)
+            breaks.keep(x_adv, correct)
             x_adv = self.project(x_adv + self.step(grad, self.alpha), x)
-        breaks.keep(x_adv, self.predict(x_adv) != y)
+        breaks.keep(x_adv, self.judge(x_adv, y)[1])
         return breaks.result(x_adv)

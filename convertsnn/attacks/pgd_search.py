@@ -78,10 +78,11 @@ class PGDSearch(PGD):
     def search(self, x_best: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Greedy random search from ``x_best``: mirror a random ``flip`` share of the
         perturbation's coordinates, keep the proposal where it lowers the margin."""
-        best = margin(self.logits(x_best), y)
+        logits, correct = self.judge(x_best, y)
+        best = margin(logits, y)
         moved = torch.zeros_like(best)  # summed |margin change| per proposal, for give_up
         for query in range(self.queries):
-            searching = best > 0
+            searching = correct > 0
             if self.give_up and query >= WARMUP:
                 searching &= best <= self.give_up * moved / query
             active = searching.nonzero().squeeze(1)
@@ -90,9 +91,11 @@ class PGDSearch(PGD):
             delta = x_best[active] - x[active]
             mirrored = torch.rand_like(delta) < self.flip
             candidate = self.project(x[active] + torch.where(mirrored, -delta, delta), x[active])
-            proposed = margin(self.logits(candidate), y[active])
+            logits, proposed_correct = self.judge(candidate, y[active])
+            proposed = margin(logits, y[active])
             moved[active] += (proposed - best[active]).abs()
             better = proposed < best[active]
             x_best[active[better]] = candidate[better]
             best[active[better]] = proposed[better]
+            correct[active[better]] = proposed_correct[better]
         return x_best

@@ -2,9 +2,11 @@
 
 An iterative attack is a series of runs (random restarts, target classes), each on the samples
 that no earlier run broke (AutoAttack's restarts, Croce & Hein 2020) or on the whole batch (PGD's
-restarts, Madry et al. 2018). Inside a run, each sample keeps the first point that fooled the
-model (:class:`FirstBreak`); across runs, a sample keeps the point of the first run that broke
-it, else the point of the last run that saw it.
+restarts, Madry et al. 2018). Inside a run, each sample keeps the first point where the fewest
+draws classified it correctly (:class:`WorstPoint`; for a deterministic model the first break);
+across runs, a sample keeps the point of the run that lowered its share of correct draws most
+(the earliest on ties), else the point of the last run that saw it. A sample counts as broken
+when every draw misclassifies it.
 """
 
 from __future__ import annotations
@@ -20,31 +22,37 @@ from convertsnn.attacks.gradient_modes import GradientMode
 from convertsnn.errors import ConvertSNNError
 
 
-class FirstBreak:
-    """Per sample, the first point of a run that fooled the model.
+class WorstPoint:
+    """Per sample, the first point of a run where the fewest draws classified it correctly.
 
-    ``FirstBreak(start)`` starts with no sample fooled; :meth:`keep` records candidates,
-    :meth:`result` fills the samples never fooled from a fallback point.
+    ``WorstPoint(start, correct)`` starts from ``start`` with its share of correct draws
+    (default: all correct); :meth:`keep` records candidates that lower it, :meth:`result` fills
+    the samples never lowered from a fallback point. A deterministic model's share is 0 or 1, so
+    this is the first point that fooled it.
     """
 
-    def __init__(self, start: torch.Tensor, fooled: torch.Tensor | None = None) -> None:
+    def __init__(self, start: torch.Tensor, correct: torch.Tensor | None = None) -> None:
         self.points = start.clone()
-        self.fooled = (
-            torch.zeros(len(start), dtype=torch.bool, device=start.device)
-            if fooled is None
-            else fooled
-        )
+        self.correct = torch.ones(len(start), device=start.device) if correct is None \
+            else correct.clone()  # fmt: skip
+        self.lowered = self.correct < 1
 
-    def keep(self, candidate: torch.Tensor, fooled: torch.Tensor) -> None:
-        """Record ``candidate`` for the samples it fools for the first time."""
-        newly = fooled & ~self.fooled
-        self.points[newly] = candidate[newly]
-        self.fooled |= newly
+    @property
+    def fooled(self) -> torch.Tensor:
+        """Samples that every draw misclassified at their point."""
+        return self.correct == 0
+
+    def keep(self, candidate: torch.Tensor, correct: torch.Tensor) -> None:
+        """Record ``candidate`` for the samples where it lowers the share of correct draws."""
+        lower = correct < self.correct
+        self.points[lower] = candidate[lower]
+        self.correct = torch.where(lower, correct, self.correct)
+        self.lowered |= lower
 
     def result(self, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(points, fooled)``: the first break per sample, else ``fallback``'s point."""
-        self.points[~self.fooled] = fallback[~self.fooled]
-        return self.points, self.fooled
+        """``(points, correct)``: the worst point per sample, else ``fallback``'s point."""
+        self.points[~self.lowered] = fallback[~self.lowered]
+        return self.points, self.correct
 
 
 class RestartingAttack(Attack):
@@ -91,19 +99,21 @@ class RestartingAttack(Attack):
     def run(
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One run on ``(x, y)``: ``(points, fooled)`` per sample (see :class:`FirstBreak`)."""
+        """One run on ``(x, y)``: ``(points, correct)`` per sample (see :class:`WorstPoint`)."""
         raise NotImplementedError
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         best = x.clone()
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        correct = torch.ones(x.shape[0], device=x.device)  # lowest share of correct draws so far
         everyone = torch.arange(x.shape[0], device=x.device)
         for target in self.run_targets(x, y):
-            if broken.all():
+            if (correct == 0).all():
                 break
-            idx = (~broken).nonzero().squeeze(1) if self.on_survivors else everyone
-            points, fooled = self.run(x[idx], y[idx], None if target is None else target[idx])
-            fresh = ~broken[idx]  # samples an earlier run broke keep that run's point
-            best[idx[fresh]] = points[fresh]
-            broken[idx[fresh]] = fooled[fresh]
+            idx = (correct > 0).nonzero().squeeze(1) if self.on_survivors else everyone
+            points, run_correct = self.run(x[idx], y[idx], None if target is None else target[idx])
+            # a broken sample keeps its run's point; the others take a lower share, or the
+            # latest point while nothing lowered theirs
+            take = (correct[idx] > 0) & ((run_correct < correct[idx]) | (correct[idx] == 1))
+            best[idx[take]] = points[take]
+            correct[idx[take]] = torch.minimum(run_correct[take], correct[idx[take]])
         return best

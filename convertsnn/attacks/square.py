@@ -81,7 +81,8 @@ class Square(Attack):
             shattered SNN outputs the breaks of a long Square run come from the survivors nearest
             to the boundary (docs/evaluation.md), so ``nearest=0.25`` buys them 4x the queries.
 
-    Samples stop using queries once misclassified. Example: ``Square(snn, 8/255, queries=5000)``.
+    Samples stop using queries once misclassified (by every draw). Example:
+    ``Square(snn, 8/255, queries=5000)``.
     """
 
     name = "square"
@@ -108,28 +109,32 @@ class Square(Attack):
         self.p_init = float(p_init)
         self.nearest = float(nearest)
 
-    def margin(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``z_y - max_{j != y} z_j`` per sample (negative = misclassified)."""
-        return margin(self.logits(x), y)
+    def outcome(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(margin, correct)`` per sample: ``z_y - max_{j != y} z_j`` of the (EOT-mean)
+        logits, the loss the search lowers, and the share of correct draws (see
+        :meth:`Attack.judge`; 0: broken)."""
+        logits, correct = self.judge(x, y)
+        return margin(logits, y), correct
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ConvertSNNError("the Square attack needs image batches [B, C, H, W]")
         x_best = self.project(x + self.initial_delta(x), x)
-        margin = self.margin(x_best, y)
+        margin, correct = self.outcome(x_best, y)
         searching = torch.zeros_like(margin, dtype=torch.bool)
         searching[margin.argsort()[: math.ceil(self.nearest * len(x))]] = True
         for query in range(1, self.queries):
-            active = (searching & (margin > 0)).nonzero().squeeze(1)
+            active = (searching & (correct > 0)).nonzero().squeeze(1)
             if len(active) == 0:
                 break
             xa, best = x[active], x_best[active]
             p = window_fraction(self.p_init, query, self.queries)
             candidate = self.project(xa + self.propose(best - xa, p), xa)
-            new_margin = self.margin(candidate, y[active])
+            new_margin, new_correct = self.outcome(candidate, y[active])
             better = new_margin < margin[active]
             x_best[active[better]] = candidate[better]
             margin[active[better]] = new_margin[better]
+            correct[active[better]] = new_correct[better]
         return x_best
 
     def initial_delta(self, x: torch.Tensor) -> torch.Tensor:

@@ -176,8 +176,8 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     "--eot",
     default=None,
     type=int,
-    help="Draws per gradient and per accuracy estimate (default 20 for Poisson/Gaussian "
-    "encoders, else 1).",
+    help="Draws per gradient and per accuracy estimate (default 20 for random models: "
+    "Poisson/Gaussian encoders, dithered neurons; else 1).",
 )
 @click.option(
     "--autoattack",

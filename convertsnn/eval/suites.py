@@ -275,8 +275,8 @@ def rank_modes(
         attack = PGD(model, settings.eps, settings.norm, settings.eot, steps=steps, step=0.25,
                      gradient_mode=mode)  # fmt: skip
         x_adv = attack(x, y)
-        logits = attack.logits(x_adv)
-        broken = int((logits.argmax(1) != y).sum())
+        logits, correct = attack.judge(x_adv, y)
+        broken = int((correct == 0).sum())
         rate = broken / max(len(x), 1)
         spread = (len(x) * rate * (1 - rate)) ** 0.5
         scores.append(ModeScore(mode, broken, float(dlr_loss(logits, y).mean()), len(x), spread))
