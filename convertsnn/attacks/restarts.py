@@ -37,11 +37,6 @@ class WorstPoint:
             else correct.clone()  # fmt: skip
         self.lowered = self.correct < 1
 
-    @property
-    def fooled(self) -> torch.Tensor:
-        """Samples that every draw misclassified at their point."""
-        return self.correct == 0
-
     def keep(self, candidate: torch.Tensor, correct: torch.Tensor) -> None:
         """Record ``candidate`` for the samples where it lowers the share of correct draws."""
         lower = correct < self.correct
