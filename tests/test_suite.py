@@ -8,7 +8,12 @@ from click.testing import CliRunner
 from torch import nn
 
 from convertsnn import convert, save_snn
-from convertsnn.attacks.ensemble import Run, WorstCase, lowered_beyond_noise
+from convertsnn.attacks.ensemble import (
+    Run,
+    WorstCase,
+    lowered_beyond_noise,
+    mean_moved_beyond_noise,
+)
 from convertsnn.attacks.gradient_modes import SEED000_MODES, SEED001_MODES
 from convertsnn.cli import main
 from convertsnn.errors import ConvertSNNError
@@ -81,6 +86,20 @@ def test_runs_count_only_drops_beyond_the_noise_of_the_draws():
         True,
         False,
     ]
+
+
+def test_a_mean_moves_only_beyond_one_sample_and_the_noise_of_the_draws():
+    right, wrong = torch.ones(20), torch.zeros(20)
+    one_less = right.clone()
+    one_less[0] = 0
+    two_less = one_less.clone()
+    two_less[1] = 0
+    assert not mean_moved_beyond_noise(right, one_less, 1)  # deterministic: one sample is allowed
+    assert mean_moved_beyond_noise(right, two_less, 1)
+    assert mean_moved_beyond_noise(right, wrong, 20)
+    half, lower = torch.full((20,), 0.5), torch.full((20,), 0.4)  # 2 samples' worth, in the noise
+    assert not mean_moved_beyond_noise(half, lower, 20)
+    assert mean_moved_beyond_noise(half, lower, 2000)  # the same move, estimated from many draws
 
 
 def test_resume_gives_the_same_numbers(images, tmp_path):

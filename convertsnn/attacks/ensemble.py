@@ -188,6 +188,16 @@ def lowered_beyond_noise(before: torch.Tensor, after: torch.Tensor, draws: int) 
     return (after < before) & ((before - after > noise) | extreme)
 
 
+def mean_moved_beyond_noise(a: torch.Tensor, b: torch.Tensor, draws: int) -> bool:
+    """Do the means of two per-sample correctness vectors (each share estimated from ``draws``
+    draws) differ by more than one sample's worth and by more than :data:`NOISE_Z` standard
+    errors of the draws' noise? For deterministic models (shares 0 or 1) the noise is zero and
+    the rule is "more than one sample"."""
+    n = max(len(a), 1)
+    noise = NOISE_Z * float((a * (1 - a) + b * (1 - b)).sum() / draws) ** 0.5 / n
+    return abs(float(a.mean() - b.mean())) > max(1.0 / n, noise) + 1e-6  # float32 means
+
+
 def batch_seed(seed: int, run: int, batch: int) -> int:
     return (seed * 1_000_003 + run * 10_007 + batch) % (2**63)
 
