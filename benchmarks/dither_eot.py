@@ -15,8 +15,10 @@ So for each EOT in --eot the script runs the suite, then re-estimates the expect
 each image's worst point found with --fresh-draws new draws (an unbiased estimate at the points
 the attack chose: an upper bound of the robust accuracy that no selection lowers). Then it runs
 torchattacks' EOTPGD (an attack not written for this project; in the sharp sigmoid-20 surrogate
-with detached reset, the suites' usual best mode) and re-estimates its points the same way, and
-reports the per-image minimum of all fresh estimates.
+with detached reset, the suites' usual best mode) and the reference AutoAttack's version for
+randomized defences (pyautoattack ``rand``: APGD-CE and APGD-DLR, 100 iterations, EOT 20; Croce &
+Hein, ICML 2020) in the same mode, re-estimates their points the same way, and reports the
+per-image minimum of all fresh estimates. ``--eot none`` skips the suite runs.
 
     OMP_NUM_THREADS=1 python benchmarks/dither_eot.py \
         --snn model_zoo/cifar10_resnet2b_pgd_snn_t8_robust_rslad.safetensors --dither 0.25 \
@@ -41,6 +43,7 @@ import torchattacks
 from convertsnn.attacks.ensemble import expected_correct
 from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.data import load_dataset
+from convertsnn.eval.autoattack import run_autoattack
 from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import run_suite
 from convertsnn.numbers import parse_number
@@ -75,7 +78,7 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="first test image")
     parser.add_argument("--eps", default="2/255")
     parser.add_argument("--suite", default="quick")
-    parser.add_argument("--eot", default="1,10,20,50", help="EOT draws of the suite runs")
+    parser.add_argument("--eot", default="1,10,20,50", help="EOT draws of the suite runs, or none")
     parser.add_argument("--fresh-draws", type=int, default=100)
     parser.add_argument("--eotpgd-steps", type=int, default=50)
     parser.add_argument("--eotpgd-eot", type=int, default=20)
@@ -90,7 +93,7 @@ def main() -> None:
     x, y = (t[args.first :] for t in test.tensors())
     clean = fresh(snn, x, y, args.fresh_draws)
     rows, worst = [], clean.clone()
-    for eot in [int(v) for v in args.eot.split(",")]:
+    for eot in [] if args.eot == "none" else [int(v) for v in args.eot.split(",")]:
         start = time.perf_counter()
         settings = EvalSettings(eps=eps, eot=eot, seed=args.seed, progress=False)
         result = run_suite(args.suite, snn, x, y, settings)
@@ -107,6 +110,13 @@ def main() -> None:
     rows.append({"attack": f"torchattacks EOTPGD-{args.eotpgd_steps}, EOT {args.eotpgd_eot}, "
                  f"{OUTSIDE_MODE}", "suite_reading": None, "fresh": float(again.mean()),
                  "seconds": time.perf_counter() - start})  # fmt: skip
+    print(rows[-1], flush=True)
+    settings = EvalSettings(eps=eps, eot=args.fresh_draws, batch_size=args.batch_size,
+                            seed=args.seed, progress=False)  # fmt: skip
+    result = run_autoattack(snn, x, y, settings, version="rand", mode=OUTSIDE_MODE)
+    worst = torch.minimum(worst, result.correct)
+    rows.append({"attack": f"pyautoattack rand (APGD-CE, APGD-DLR; EOT 20), {OUTSIDE_MODE}",
+                 "suite_reading": None, "fresh": result.robust, "seconds": result.seconds})  # fmt: skip
     print(rows[-1], flush=True)
     entry = {
         "model": Path(args.snn).name, "dither": args.dither, "images": args.images,
