@@ -29,6 +29,7 @@ from convertsnn.eval.suites import (
     Suite,
     candidate_modes,
     prepare_runs,
+    rank_modes,
     run_suite,
 )
 from convertsnn.snn.encoding import parse_encoder
@@ -207,6 +208,21 @@ def test_suites_grow_in_strength():
     assert S001.candidates == SEED001_MODES and S001.families and not S001.probe
     assert [st.attack for st in S001.stages] == ["fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr",
                                                  "apgd-t"]  # fmt: skip
+
+
+class CoinFlip(nn.Module):
+    """Class 0 with probability 1/2 per draw, whatever the input (a random model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = torch.rand(len(x)) - 0.5 + 0 * x.flatten(1).sum(1)
+        return torch.stack([first, torch.zeros_like(first)], 1)
+
+
+def test_probe_counts_a_random_models_broken_samples_in_expectation():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 4, 4), torch.zeros(64, dtype=torch.long)
+    (score,) = rank_modes(CoinFlip(), x, y, ["native"], EvalSettings(eps=0.1, eot=20), steps=1)
+    assert abs(score.broken - 32) < 6  # each sample broken in half the draws, not in none
 
 
 def test_probe_ranks_modes_and_keeps_one_adaptive(snn, images):

@@ -128,7 +128,7 @@ def markdown_report(document: dict, images: Sequence[str] = ()) -> str:
                 out.append(f"AutoAttack ({aa['version']}, gradient mode {aa['mode']}): "
                            f"{100 * aa['robust']:.2f}% ({aa['seconds']:.0f} s).")  # fmt: skip
             if detail.get("probe"):
-                ranked = ", ".join(f"{p['mode']} ({p['broken']})" for p in detail["probe"])
+                ranked = ", ".join(f"{p['mode']} ({p['broken']:g})" for p in detail["probe"])
                 out += ["", f"Gradient modes ranked by the probe (samples broken): {ranked}."]
             out += ["", runs_table(detail, markdown=True), "", "Sanity checks:", ""]
             out.append(flags_text(detail["flags"], markdown=True))

@@ -250,11 +250,12 @@ def candidate_modes(suite: Suite, model: nn.Module) -> list[str]:
 
 @dataclass
 class ModeScore:
-    """One candidate's probe result: samples broken by PGD-10 (of ``samples``), the mean DLR
-    loss reached, and the binomial standard deviation of ``broken`` (how stable the rank is)."""
+    """One candidate's probe result: samples broken by PGD-10 (of ``samples``; for a random
+    model the expected count over its draws), the mean DLR loss reached, and the binomial
+    standard deviation of ``broken`` (how stable the rank is)."""
 
     mode: str
-    broken: int
+    broken: float
     loss: float
     samples: int = 0
     spread: float = 0.0
@@ -276,7 +277,7 @@ def rank_modes(
                      gradient_mode=mode)  # fmt: skip
         x_adv = attack(x, y)
         logits, correct = attack.judge(x_adv, y)
-        broken = int((correct == 0).sum())
+        broken = round(float((1 - correct).sum()), 2)  # expected count over EOT draws
         rate = broken / max(len(x), 1)
         spread = (len(x) * rate * (1 - rate)) ** 0.5
         scores.append(ModeScore(mode, broken, float(dlr_loss(logits, y).mean()), len(x), spread))
