@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from convertsnn import convert, save_snn
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.settings import STOCHASTIC_EOT, default_eot
 from convertsnn.export.nir import to_nir
-from convertsnn.export.onnx import export_onnx
+from convertsnn.export.onnx import OnnxModel, export_onnx, onnx_logits_with_draws, unrolled_draws
 from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.serialize import load_snn, read_document
 from tests.cli_helpers import assert_one_line_error, convert_command, run_cli
@@ -117,11 +118,30 @@ def test_a_dithered_network_is_random_saved_and_evaluated_with_eot(snn, images, 
     loaded.set_dither(0)
     assert not loaded.stochastic and default_eot(loaded) == 1
     assert read_document(save_snn(loaded, tmp_path / "plain.safetensors"))[0]["version"] == 1
-    snn.metadata["input_size"] = list(images.shape[1:])
-    with pytest.raises(ConvertSNNError, match=r"random \(the dithered initial membrane"):
-        export_onnx(snn, tmp_path / "dithered.onnx")
     with pytest.raises(ConvertSNNError, match=r"random \(the dithered initial membrane"):
         to_nir(snn)
+
+
+def test_onnx_export_draws_the_initial_membrane_in_the_graph(snn, images, tmp_path):
+    """One ``RandomUniformLike`` per neuron; fed convertsnn's draws (same seed) the file gives
+    convertsnn's logits, run as it is it draws anew and agrees in expectation."""
+    snn.metadata["input_size"] = list(images.shape[1:])
+    path = export_onnx(snn, tmp_path / "dithered.onnx")
+    nodes = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert nodes.count("RandomUniformLike") == len(list(snn.neurons()))
+    with torch.no_grad():
+        torch.manual_seed(5)
+        reference = snn(images)
+    torch.manual_seed(5)
+    logits = onnx_logits_with_draws(path, images, unrolled_draws(snn, images))
+    assert (logits - reference).abs().max() <= 1e-5
+    exported = OnnxModel(path)
+    runs = torch.stack([exported(images) for _ in range(200)])
+    assert not torch.equal(runs[0], runs[1])
+    with torch.no_grad():
+        ours = torch.stack([snn(images) for _ in range(200)])
+    spread = torch.maximum(runs.std(0), ours.std(0)) / 200**0.5
+    assert ((runs.mean(0) - ours.mean(0)).abs() <= 5 * spread + 1e-4).float().mean() >= 0.99
 
 
 def test_cli_evaluate_and_finetune_with_dither(tmp_path):
@@ -171,3 +191,19 @@ def test_checkpointed_backward_sees_the_same_draws(snn, images):
         snn(x).logsumexp(1).sum().backward()
         grads.append(x.grad)
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_cli_export_checks_a_dithered_file_in_expectation(tmp_path):
+    data = separable_npz(tmp_path / "data.npz", n=40)
+    path = tiny_snn_file(tmp_path / "snn.safetensors", data, timesteps=3)
+    snn = load_snn(path)
+    snn.set_dither(0.25)
+    save_snn(snn, path)
+    result = run_cli("export", path, "--format", "onnx", "-o", tmp_path / "m.onnx",
+                     "--check", data, "--check-images", "16")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "on 16 images, the same random draws in both: max |logit diff|" in result.output
+    assert "100.0% of images within 0.0001" in result.output
+    assert "two runs of the file draw differently" in result.output
+    nir_result = run_cli("export", path, "--format", "nir", "-o", tmp_path / "m.nir")
+    assert_one_line_error(nir_result, "NIR export supports deterministic models only")

@@ -94,22 +94,12 @@ def _check(snn, fmt: str, path: Path, images, labels, timesteps: int | None) -> 
     import torch
 
     if fmt == "onnx":
-        from convertsnn.export.onnx import onnx_logits
-
         if timesteps:
             snn.timesteps = timesteps
-        with torch.no_grad():
-            reference = snn(images)
-        logits = onnx_logits(path, images)
-        click.echo(
-            f"onnxruntime vs convertsnn on {len(images)} images: {_agreement(logits, reference)}"
-        )
-        within = float(((logits - reference).abs().amax(1) <= TOLERANCE).float().mean())
-        if within < MIN_AGREEING:
-            raise ConvertSNNError(
-                f"the ONNX file differs from convertsnn by more than {TOLERANCE:g} on "
-                f"{100 * (1 - within):.1f}% of the images"
-            )
+        if snn.stochastic:
+            _check_random_onnx(snn, path, images, timesteps)
+        else:
+            _check_onnx(snn, path, images)
         return
     import nir
 
@@ -137,3 +127,44 @@ def _check(snn, fmt: str, path: Path, images, labels, timesteps: int | None) -> 
         f"{100 * result['prediction_agreement']:.1f}%, largest relative spike-count difference of "
         f"a layer {result['max_rel_spike_count_diff']:.2e}"
     )
+
+
+def _check_onnx(snn, path: Path, images) -> None:
+    """Logits of onnxruntime against convertsnn's on ``images``."""
+    import torch
+
+    from convertsnn.export.onnx import onnx_logits
+
+    with torch.no_grad():
+        reference = snn(images)
+    _compare(onnx_logits(path, images), reference, f"{len(images)} images")
+
+
+def _compare(logits, reference, what: str) -> None:
+    """Print the agreement; refused below :data:`MIN_AGREEING` of the images within tolerance."""
+    click.echo(f"onnxruntime vs convertsnn on {what}: {_agreement(logits, reference)}")
+    within = float(((logits - reference).abs().amax(1) <= TOLERANCE).float().mean())
+    if within < MIN_AGREEING:
+        raise ConvertSNNError(
+            f"the ONNX file differs from convertsnn by more than {TOLERANCE:g} on "
+            f"{100 * (1 - within):.1f}% of the images"
+        )
+
+
+def _check_random_onnx(snn, path: Path, images, timesteps: int | None) -> None:
+    """A dithered model: the file's draws replaced by the ones convertsnn makes (same seed), so
+    the logits compare exactly; then two runs of the file itself must differ."""
+    import torch
+
+    from convertsnn.export.onnx import OnnxModel, onnx_logits_with_draws, unrolled_draws
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reference = snn(images)
+    torch.manual_seed(0)
+    logits = onnx_logits_with_draws(path, images, unrolled_draws(snn, images, timesteps))
+    _compare(logits, reference, f"{len(images)} images, the same random draws in both")
+    exported = OnnxModel(path)
+    if torch.equal(exported(images), exported(images)):
+        raise ConvertSNNError("the random ONNX file gave the same logits on two runs")
+    click.echo("two runs of the file draw differently, as the model does")

@@ -11,8 +11,11 @@ neuron becomes T copies of its update, written with ordinary ONNX ops::
     out[t] = s * theta
 
 so the file runs in onnxruntime (or any ONNX backend) without PyTorch. Stateless layers still see
-time folded into the batch (``[T*B, ...]``), as inside convertsnn. Only the deterministic direct
-encoder can be exported; stochastic input coding has no reproducible ONNX equivalent.
+time folded into the batch (``[T*B, ...]``), as inside convertsnn. Dithered neurons (a random
+initial membrane per input, ``IFNeuron(dither=a)``) draw it in the graph with a
+``RandomUniformLike`` node per neuron, ``u[0] = theta * (v_init + a * (2 U[0, 1) - 1))``, so the
+file is as random as the model: each run draws anew, and its accuracy is an expectation over runs.
+Only the direct input encoder can be exported (Poisson and Gaussian coding are refused).
 
 The TorchScript-based exporter (``dynamo=False``) is used: on the unrolled graphs it is about 20
 times faster than the torch.export-based one (0.6 s against 12 s for ResNet-2B at T=8, both
@@ -50,6 +53,8 @@ class UnrolledNeuron(nn.Module):
         self.leak = neuron.leak
         self.reset_zero = neuron.reset == "zero"
         self.v_init = neuron.v_init
+        self.dither = neuron.dither
+        self.drawn: list[torch.Tensor] | None = None  # a list here records the draws
         self.signed = neuron.signed
         self.burst = neuron.burst
         theta = neuron.threshold.detach().clamp(min=neuron.min_threshold)
@@ -62,7 +67,13 @@ class UnrolledNeuron(nn.Module):
         theta = self.theta
         if theta.dim() == 1:
             theta = theta.view(-1, *([1] * (x.dim() - 2)))
-        u = self.v_init * theta
+        if self.dither:  # one draw per input and neuron, as IFNeuron.initial_membrane
+            noise = torch.rand_like(seq[0])
+            if self.drawn is not None:
+                self.drawn.append(noise)
+            u = (self.v_init + self.dither * (2 * noise - 1)) * theta
+        else:
+            u = self.v_init * theta
         count = torch.zeros_like(seq[0]) if self.signed else None
         out = []
         for t in range(self.timesteps):
@@ -86,10 +97,10 @@ class UnrolledNetwork(nn.Module):
 
     def __init__(self, snn: SpikingNetwork, timesteps: int | None = None) -> None:
         super().__init__()
-        if snn.stochastic:
+        if snn.encoder.stochastic:
             raise ConvertSNNError(
-                f"the model is random ({snn.randomness}), which has no reproducible ONNX form; "
-                "only deterministic models (direct coding, no dither) can be exported"
+                f"the model codes its input with the {snn.encoder} encoder, which the ONNX export "
+                "does not write; only the direct encoder can be exported"
             )
         self.timesteps = timesteps or snn.timesteps
         self.delay = snn.readout_delay
@@ -155,15 +166,68 @@ def export_onnx(
     return path
 
 
+class OnnxModel:
+    """An exported file in onnxruntime (CPU), called like the model: images ``[N, C, H, W]`` ->
+    logits ``[N, K]``. A file with random draws (dithered neurons) draws anew on every call; the
+    session's generator is seeded from torch's, so ``torch.manual_seed`` makes the draws
+    reproducible (onnxruntime alone would repeat one sequence in every new session)."""
+
+    def __init__(self, path: str | os.PathLike, batch_size: int = 64) -> None:
+        import onnxruntime
+
+        onnxruntime.set_seed(int(torch.randint(2**31 - 1, ())))
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.batch_size = batch_size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                torch.from_numpy(self.session.run(None, {"images": chunk.cpu().numpy()})[0])
+                for chunk in images.split(self.batch_size)
+            ]
+        )
+
+
+def unrolled_draws(snn: SpikingNetwork, images: torch.Tensor, timesteps: int | None = None):
+    """The uniform draws ``U[0, 1)`` the unrolled network of ``snn`` makes on ``images``, in the
+    order of the exported file's ``RandomUniformLike`` nodes. Drawn from torch's generator as
+    ``snn(images)`` draws them: after the same ``torch.manual_seed`` both see the same values."""
+    model = UnrolledNetwork(snn, timesteps).eval()
+    drawn: list[torch.Tensor] = []
+    for module in model.modules():
+        if isinstance(module, UnrolledNeuron):
+            module.drawn = drawn
+    with torch.no_grad():
+        model(images.cpu())
+    return drawn
+
+
+def onnx_logits_with_draws(
+    path: str | os.PathLike, images: torch.Tensor, draws: list[torch.Tensor]
+) -> torch.Tensor:
+    """Run an exported random file with its ``RandomUniformLike`` nodes replaced by ``draws``
+    (:func:`unrolled_draws`), so it can be compared with convertsnn exactly; logits ``[N, K]``."""
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(path))
+    random = [node for node in model.graph.node if node.op_type == "RandomUniformLike"]
+    if len(random) != len(draws):
+        raise ConvertSNNError(f"the file draws {len(random)} times, not {len(draws)}")
+    for node in random:
+        model.graph.node.remove(node)
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+        )
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feeds = {node.output[0]: draw.numpy() for node, draw in zip(random, draws, strict=True)}
+    return torch.from_numpy(session.run(None, {"images": images.cpu().numpy(), **feeds})[0])
+
+
 def onnx_logits(
     path: str | os.PathLike, images: torch.Tensor, batch_size: int = 64
 ) -> torch.Tensor:
     """Run an exported file in onnxruntime (CPU) on ``images`` ``[N, C, H, W]``; logits ``[N, K]``."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = [
-        torch.from_numpy(session.run(None, {"images": chunk.cpu().numpy()})[0])
-        for chunk in images.split(batch_size)
-    ]
-    return torch.cat(out)
+    return OnnxModel(path, batch_size)(images)
