@@ -193,7 +193,7 @@ def test_checkpointed_backward_sees_the_same_draws(snn, images):
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_cli_export_checks_a_dithered_file_in_expectation(tmp_path):
+def test_cli_export_checks_a_dithered_file_with_the_same_draws(tmp_path):
     data = separable_npz(tmp_path / "data.npz", n=40)
     path = tiny_snn_file(tmp_path / "snn.safetensors", data, timesteps=3)
     snn = load_snn(path)
