@@ -35,7 +35,8 @@ MIN_AGREEING = 0.99
     "check_data",
     default=None,
     help="Images (dataset name or .npz, test split) to check the exported file on: ONNX in "
-    f"onnxruntime (logits within {TOLERANCE:g} on at least 99% of the images); NIR read back "
+    f"onnxruntime (logits within {TOLERANCE:g} on at least 99% of the images; a dithered "
+    "model's file fed convertsnn's random draws); NIR read back "
     "by convertsnn "
     "and, if installed, simulated by Sinabs.",
 )
