@@ -207,3 +207,24 @@ def test_cli_export_checks_a_dithered_file_with_the_same_draws(tmp_path):
     assert "two runs of the file draw differently" in result.output
     nir_result = run_cli("export", path, "--format", "nir", "-o", tmp_path / "m.nir")
     assert_one_line_error(nir_result, "NIR export supports deterministic models only")
+
+
+def test_cli_export_writes_the_deterministic_view_with_dither_0(tmp_path):
+    data = separable_npz(tmp_path / "data.npz", n=40)
+    path = tiny_snn_file(tmp_path / "snn.safetensors", data, timesteps=3)
+    snn = load_snn(path)
+    snn.set_dither(0.25)
+    save_snn(snn, path)
+    onnx_file = tmp_path / "m.onnx"
+    result = run_cli("export", path, "--format", "onnx", "-o", onnx_file, "--dither", "0",
+                     "--check", data, "--check-images", "16")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime vs convertsnn on 16 images" in result.output
+    ops = {node.op_type for node in onnx.load(str(onnx_file)).graph.node}
+    assert "RandomUniformLike" not in ops
+    nir_result = run_cli(
+        "export", path, "--format", "nir", "-o", tmp_path / "m.nir", "--dither", "0"
+    )
+    assert nir_result.exit_code == 0, nir_result.output
+    bad = run_cli("export", path, "--format", "onnx", "-o", tmp_path / "b.onnx", "--dither", "0.8")
+    assert_one_line_error(bad, "dither is the half-width")

@@ -42,6 +42,14 @@ MIN_AGREEING = 0.99
 )
 @click.option("--check-images", default=32, show_default=True, type=int, help="Images to check.")
 @click.option(
+    "--dither",
+    default=None,
+    type=float,
+    help="Export with every neuron's random initial membrane set to this half-width (0: the "
+    "deterministic view of a dithered model, for hardware without a random source or for NIR; "
+    "default: the model's).",
+)
+@click.option(
     "--v-init",
     type=click.Choice(["bias", "drop"]),
     default="bias",
@@ -50,7 +58,9 @@ MIN_AGREEING = 0.99
     "as extra bias (approximate) or dropped (membranes start at 0).",
 )
 @click.option("--data-dir", type=click.Path(), help="Where torchvision datasets are stored.")
-def command(model_file, fmt, out, timesteps, check_data, check_images, v_init, data_dir) -> None:
+def command(
+    model_file, fmt, out, timesteps, check_data, check_images, dither, v_init, data_dir
+) -> None:
     """Export the SNN in MODEL_FILE (or zoo:NAME) as ONNX or NIR (docs/export.md)."""
     if timesteps is not None:
         check_timesteps(timesteps, "--timesteps")
@@ -60,6 +70,8 @@ def command(model_file, fmt, out, timesteps, check_data, check_images, v_init, d
         raise ConvertSNNError("--timesteps is for ONNX; a NIR graph does not fix the steps")
     check_writable(out)
     snn = load_snn(resolve_model_file(model_file))
+    if dither is not None:
+        snn.set_dither(dither)
     images = labels = None
     if check_data:  # check the data before the export, so bad data fails fast
         images, labels, _ = model_images(snn, check_data, check_images, data_dir)
