@@ -132,7 +132,7 @@ def write(entry: dict) -> None:
     """Add ``entry`` to results/dither_eot.json (replacing one with the same key) and rewrite
     the Markdown table."""
     path = RESULTS / "dither_eot.json"
-    key = ("model", "dither", "images", "first", "suite")
+    key = ("model", "dither", "images", "first", "eps", "suite")
     entries = json.loads(path.read_text()) if path.exists() else []
     entries = [e for e in entries if any(e[k] != entry[k] for k in key)] + [entry]
     path.write_text(json.dumps(entries, indent=1) + "\n")
