@@ -193,12 +193,18 @@ def test_checkpointed_backward_sees_the_same_draws(snn, images):
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_cli_export_checks_a_dithered_file_with_the_same_draws(tmp_path):
+def dithered_file(tmp_path):
+    """A small separable dataset and a tiny SNN file (T = 3) saved with dither 0.25."""
     data = separable_npz(tmp_path / "data.npz", n=40)
     path = tiny_snn_file(tmp_path / "snn.safetensors", data, timesteps=3)
     snn = load_snn(path)
     snn.set_dither(0.25)
     save_snn(snn, path)
+    return data, path
+
+
+def test_cli_export_checks_a_dithered_file_with_the_same_draws(tmp_path):
+    data, path = dithered_file(tmp_path)
     result = run_cli("export", path, "--format", "onnx", "-o", tmp_path / "m.onnx",
                      "--check", data, "--check-images", "16")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -210,11 +216,7 @@ def test_cli_export_checks_a_dithered_file_with_the_same_draws(tmp_path):
 
 
 def test_cli_export_writes_the_deterministic_view_with_dither_0(tmp_path):
-    data = separable_npz(tmp_path / "data.npz", n=40)
-    path = tiny_snn_file(tmp_path / "snn.safetensors", data, timesteps=3)
-    snn = load_snn(path)
-    snn.set_dither(0.25)
-    save_snn(snn, path)
+    data, path = dithered_file(tmp_path)
     onnx_file = tmp_path / "m.onnx"
     result = run_cli("export", path, "--format", "onnx", "-o", onnx_file, "--dither", "0",
                      "--check", data, "--check-images", "16")  # fmt: skip
