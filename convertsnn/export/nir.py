@@ -290,8 +290,8 @@ def to_nir(snn: SpikingNetwork, v_init: str = "bias"):
     if snn.stochastic:
         raise ConvertSNNError(
             f"the model is random ({snn.randomness}); NIR export supports deterministic models "
-            "only (direct coding, no dither; `--dither 0` exports a dithered model's deterministic "
-            "view)"
+            "only (direct coding, no dither; `export --dither 0` or `snn.set_dither(0)` gives a "
+            "dithered model's deterministic view)"
         )
     if snn.readout != "mean":
         raise ConvertSNNError(
