@@ -60,7 +60,8 @@ class IndependentSNN(torch.nn.Module):
     """The IF SNN of a convertsnn file, simulated from its tensors and graph JSON alone.
 
     Direct input coding, reset by subtraction, membrane starting at ``v_init * theta``, output
-    ``theta * spikes`` (burst neurons: up to K spikes per step); the graph's nodes are evaluated in order (modules, residual additions,
+    ``theta * spikes`` (burst neurons: up to K spikes per step; a population of K members:
+    member k from ``(k + 1/2) / K * theta``, their mean passed on); the graph's nodes are evaluated in order (modules, residual additions,
     flatten), all T steps folded into the batch; readout = mean of the last layer over T (or
     over steps D..T-1 for a ``delay:D`` readout). Backward: sigmoid surrogate of slope
     ``slope`` on ``(u - theta) / theta`` (theta detached), reset detached."""
@@ -120,14 +121,19 @@ class IndependentSNN(torch.nn.Module):
             if theta.dim() == 1:
                 theta = theta.view(1, -1, *([1] * (x.dim() - 2)))
             seq = x.view(self.timesteps, -1, *x.shape[1:])
-            u = torch.zeros_like(seq[0]) + config["v_init"] * theta
-            out = []
-            for current in seq:
-                u = u + current
-                s = self.spike(u, theta, config.get("burst", 1))
-                u = u - s.detach() * theta
-                out.append(s * theta)
-            return torch.stack(out).flatten(0, 1)
+            k = config.get("population", 1)
+            starts = [(j + 0.5) / k for j in range(k)] if k > 1 else [config["v_init"]]
+            members = []
+            for start in starts:
+                u = torch.zeros_like(seq[0]) + start * theta
+                out = []
+                for current in seq:
+                    u = u + current
+                    s = self.spike(u, theta, config.get("burst", 1))
+                    u = u - s.detach() * theta
+                    out.append(s * theta)
+                members.append(torch.stack(out))
+            return torch.stack(members).mean(0).flatten(0, 1)
         raise SystemExit(f"the independent attack does not read {kind} layers")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ the full run is ``--test-images 1000 --timesteps 2,4,8,16,32``.
 
 Writes benchmarks/results/fidelity_deep.{json,md} (rows are saved as they finish; a rerun on
 the same images adds the rows and T that are missing). The hardware-cost neuron variants,
-``--signed-spikes`` and ``--burst K``, write their own files (``fidelity_deep_signed``,
-``fidelity_deep_burstK``), whose tables fidelity_deep.md repeats in a section of their own.
+``--signed-spikes``, ``--burst K`` and ``--population K``, write their own files
+(``fidelity_deep_signed``, ``fidelity_deep_burstK``, ``fidelity_deep_populationK``), whose tables
+fidelity_deep.md repeats in a section of their own.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from convertsnn.convert import convert, prepare_ann
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
 from convertsnn.importers import Preprocessing, load_ann
-from convertsnn.snn.neurons import check_burst
+from convertsnn.snn.neurons import check_burst, check_population
 from convertsnn.snn.serialize import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,7 @@ def run(args) -> dict:
                 start = time.process_time()
                 data = None if spec.startswith(DATA_FREE) else calib
                 snn = convert(ann, data, t, spec, signed=args.signed_spikes, burst=args.burst,
+                              population=args.population,
                               metadata={"input_size": list(preprocessing.input_size)})  # fmt: skip
                 row["convert_cpu_seconds"][str(t)] = time.process_time() - start
                 row["accuracy"][str(t)] = accuracy(snn, test)
@@ -158,6 +160,8 @@ def earlier_result(args) -> dict:
         config["signed_spikes"] = True
     if args.burst > 1:
         config["burst"] = args.burst
+    if args.population > 1:
+        config["population"] = args.population
     path = args.out.with_suffix(".json")
     if path.is_file():
         result = json.loads(path.read_text())
@@ -172,6 +176,8 @@ def variant(config: dict) -> str:
         return "signed spikes (hardware-cost variant)"
     if config.get("burst", 1) > 1:
         return f"burst neurons, K = {config['burst']} (hardware-cost variant)"
+    if config.get("population", 1) > 1:
+        return f"populations of K = {config['population']} binary neurons (hardware-cost variant)"
     return ""
 
 
@@ -181,10 +187,17 @@ def markdown(result: dict, variants: list[dict] = ()) -> str:
     config = result["config"]
     signed = config.get("signed_spikes", False)
     burst = config.get("burst", 1)
+    population = config.get("population", 1)
     neurons = (
         "IF neurons with signed (ternary) spikes, " if signed
         else f"burst IF neurons (at most {burst} spikes per step), " if burst > 1
+        else f"populations of {population} binary IF neurons (outputs averaged), "
+        if population > 1
         else "IF neurons, "
+    )  # fmt: skip
+    membrane = (
+        f"member k's membrane from (k + 1/2) / {population} theta" if population > 1
+        else "membrane from theta/2 (unless `offset` moves it)"
     )  # fmt: skip
     lines = [
         "# Low-latency conversion of deep CIFAR-10 ResNets (no training)"
@@ -199,8 +212,11 @@ def markdown(result: dict, variants: list[dict] = ()) -> str:
         f"(one image is {100 / config['test_images']:g} points; the standard error of an accuracy "
         f"near 80 % is {100 * (0.16 / config['test_images']) ** 0.5:.1f} points). "
         f"Calibration: its first {config['calib_images']} training images (`bn*` and `synthetic` rows: none). "
-        "Accuracy in %; every method converted for each T; " + neurons + "reset by subtraction, "
-        "membrane from theta/2 (unless `offset` moves it), direct input coding; the logits are "
+        "Accuracy in %; every method converted for each T; "
+        + neurons
+        + "reset by subtraction, "
+        + membrane
+        + ", direct input coding; the logits are "
         "averaged over all T steps except for `delay:` rows, whose readout skips the first D "
         "steps chosen on calibration images (listed under each table). CPU seconds: "
         "the conversion alone (`time.process_time`), measured while other jobs shared the two "
@@ -259,8 +275,13 @@ def tables(result: dict, level: str, label: str = "") -> list[str]:
 def variant_results(out: Path, config: dict) -> list[dict]:
     """The results of the neuron variants next to ``out`` measured on the same images."""
     found = []
-    bursts = sorted(out.parent.glob(f"{out.name}_burst*.json"), key=lambda p: (len(p.name), p.name))
-    for path in [out.with_name(f"{out.name}_signed.json"), *bursts]:
+
+    def numbered(kind: str) -> list[Path]:
+        paths = out.parent.glob(f"{out.name}_{kind}*.json")
+        return sorted(paths, key=lambda p: (len(p.name), p.name))
+
+    signed = out.with_name(f"{out.name}_signed.json")
+    for path in [signed, *numbered("burst"), *numbered("population")]:
         if path.is_file():
             other = json.loads(path.read_text())
             same = {k: other["config"].get(k) for k in ("test_images", "calib_images")}
@@ -303,10 +324,23 @@ def main() -> None:
         help="burst neurons with up to K spikes per step, a hardware-cost variant "
         "(default --out: ..._burstK)",
     )
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        help="populations of K binary neurons per unit, a hardware-cost variant "
+        "(default --out: ..._populationK)",
+    )
     args = parser.parse_args()
     check_burst(args.burst, signed=args.signed_spikes)
+    check_population(args.population, signed=args.signed_spikes, burst=args.burst)
     results = ROOT / "benchmarks/results"
-    suffix = "_signed" if args.signed_spikes else f"_burst{args.burst}" if args.burst > 1 else ""
+    suffix = (
+        "_signed" if args.signed_spikes
+        else f"_burst{args.burst}" if args.burst > 1
+        else f"_population{args.population}" if args.population > 1
+        else ""
+    )  # fmt: skip
     args.main = (results / "fidelity_deep") if suffix and args.out is None else None
     if args.out is None:
         args.out = results / f"fidelity_deep{suffix}"

@@ -89,7 +89,7 @@ def test_evaluate_report_includes_the_profile(tmp_path, mnist_sample):
     assert (tmp_path / "rep" / "firing_rates.png").is_file()
 
 
-def _chain_snn(signed: bool = False, burst: int = 1, readout: str = "mean"):
+def _chain_snn(signed: bool = False, burst: int = 1, readout: str = "mean", population: int = 1):
     """1 pixel -> Linear 1->1 -> neuron A -> Linear 1->1 -> neuron B -> Linear 1->3, T = 4,
     thresholds 1 (calibrated on a white image), for hand-counted spikes."""
     ann = nn.Sequential(nn.Flatten(), nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1), nn.ReLU(),
@@ -99,7 +99,7 @@ def _chain_snn(signed: bool = False, burst: int = 1, readout: str = "mean"):
             layer.weight.fill_(w)
             layer.bias.fill_(b)
     white = torch.ones(1, 1, 1, 1)
-    snn = convert(ann, [(white, None)], 4, "max", signed=signed, burst=burst)
+    snn = convert(ann, [(white, None)], 4, "max", signed=signed, burst=burst, population=population)
     snn.metadata["input_size"] = [1, 1, 1]
     snn.readout = readout
     assert all(n.threshold.item() == 1.0 for n in snn.neurons())
@@ -131,6 +131,17 @@ def test_burst_spikes_count_once_each():
     _, second, third = profile.synaptic_layers
     assert (second.snn_sops, third.snn_sops) == (10 * 1, 12 * 3)
     assert a.firing_rate == pytest.approx(10 / 4)  # spikes per neuron per step, above 1
+
+
+def test_population_members_spikes_count_each():
+    # a grey pixel (0.5 a step) into A's two members, from 0.25 and 0.75: they fire at steps
+    # 2, 4 and 1, 3, so A passes on 0.5 every step and B gets 2 * 0.5 - 1 = 0 (never fires)
+    snn = _chain_snn(population=2)
+    profile = profile_snn(snn, torch.full((1, 1, 1, 1), 0.5))
+    a, b = profile.neuron_layers
+    assert a.spikes_per_step == [1, 1, 1, 1] and b.spikes_per_step == [0, 0, 0, 0]
+    _, second, third = profile.synaptic_layers
+    assert (second.snn_sops, third.snn_sops) == (4 * 1, 0)
 
 
 def test_burst_spikes_through_pooling_and_per_channel_thresholds():

@@ -20,7 +20,7 @@ from convertsnn.data import load_dataset
 from convertsnn.errors import ConvertSNNError
 from convertsnn.importers import Preprocessing, load_ann, source_stem
 from convertsnn.snn.network import check_timesteps
-from convertsnn.snn.neurons import check_burst, check_dither
+from convertsnn.snn.neurons import check_burst, check_dither, check_population
 from convertsnn.snn.serialize import check_writable, save_snn
 from convertsnn.snn.surrogate import parse_surrogate
 
@@ -107,6 +107,15 @@ def _preprocessing(
     "not for binary-spike hardware; 1: binary; docs/conversion.md).",
 )
 @click.option(
+    "--population",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Binary IF neurons per unit (K >= 2: staggered initial membranes, outputs averaged, "
+    "K*T rounding levels at T steps; a hardware-cost variant that binary-spike hardware can run: "
+    "K times the neurons and synapses; 1: one neuron; docs/conversion.md).",
+)
+@click.option(
     "--dither",
     default=0.0,
     show_default=True,
@@ -135,7 +144,7 @@ def _preprocessing(
 @device_option
 def command(
     source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
-    surrogate, signed_spikes, burst, dither, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
+    surrogate, signed_spikes, burst, population, dither, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
 ) -> None:  # fmt: skip
     """Convert the ANN SOURCE into a spiking network file.
 
@@ -152,6 +161,7 @@ def command(
     parse_surrogate(surrogate)
     check_burst(burst, reset, signed_spikes)
     check_dither(dither, v_init)
+    check_population(population, reset, signed_spikes, burst, v_init, dither)
     device = resolve_device(device)
     path = Path(out or f"{source_stem(source)}_snn_T{timesteps}.safetensors")
     check_writable(path)
@@ -180,6 +190,7 @@ def command(
         ann.model, loader, timesteps=timesteps, calibration=calibration, neuron=neuron,
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
         metadata=metadata, signed=signed_spikes, burst=burst, dither=dither,
+        population=population,
     )  # fmt: skip
     save_snn(snn, path)
     if data_free_note:
@@ -196,4 +207,5 @@ def command(
         f"T={timesteps}, calibration {snn.metadata['conversion']['calibration']}"
         + (f", readout {snn.readout}" if snn.readout != "mean" else "")
         + (f", dither {dither:g} (random: evaluate with EOT)" if dither else "")
+        + (f", population {population} (a hardware-cost variant)" if population > 1 else "")
     )

@@ -17,7 +17,7 @@ from convertsnn.convert.calibration import CalibrationMethod, get_calibration
 from convertsnn.convert.graph import activation_names, prepare_ann
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.network import SpikingNetwork, check_timesteps
-from convertsnn.snn.neurons import IFNeuron, check_burst, check_dither
+from convertsnn.snn.neurons import IFNeuron, check_burst, check_dither, check_population
 
 NEURON_TYPES = ("if", "lif")
 
@@ -91,6 +91,7 @@ def convert(
     signed: bool = False,
     burst: int = 1,
     dither: float = 0.0,
+    population: int = 1,
 ) -> SpikingNetwork:
     """Convert a ReLU ANN (taking images in [0, 1]) into a :class:`SpikingNetwork`.
 
@@ -113,6 +114,9 @@ def convert(
         dither: half-width of each neuron's random initial membrane ``theta * U[v_init -
             dither, v_init + dither]``, drawn per input (see :class:`IFNeuron`; 0, the
             default, is deterministic). Set after calibration, which sees ``v_init``.
+        population: binary member neurons per unit, K (staggered initial membranes, outputs
+            averaged; see :class:`IFNeuron`); 1, the default, is one neuron, K >= 2 a
+            hardware-cost variant that binary-spike hardware can run.
     """
     if not isinstance(ann, nn.Module):
         raise ConvertSNNError(f"convert takes a torch.nn.Module ANN, got {type(ann).__name__}")
@@ -128,6 +132,7 @@ def convert(
         raise ConvertSNNError("signed spikes need reset by subtraction (reset='subtract')")
     check_burst(burst, reset, signed)
     check_dither(dither, v_init)
+    check_population(population, reset, signed, burst, v_init, dither)
     if neuron not in NEURON_TYPES:
         raise ConvertSNNError(f"unknown neuron '{neuron}'; choose one of {', '.join(NEURON_TYPES)}")
     if neuron == "if":
@@ -146,7 +151,7 @@ def convert(
     thresholds = method.thresholds(gm, names, calib, device)
     body = replace_activations(
         gm, thresholds, leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, signed=signed,
-        burst=burst,
+        burst=burst, population=population,
     )  # fmt: skip
     meta = dict(metadata or {})
     meta["conversion"] = {
@@ -164,6 +169,11 @@ def convert(
     if burst > 1:
         meta["conversion"]["burst_spikes"] = (
             f"hardware-cost variant: up to {burst} spikes per neuron and step"
+        )
+    if population > 1:
+        meta["conversion"]["population"] = (
+            f"hardware-cost variant: {population} binary neurons per unit, staggered initial "
+            "membranes, outputs averaged"
         )
     if dither:
         meta["conversion"]["dither"] = dither

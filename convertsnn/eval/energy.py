@@ -2,8 +2,9 @@
 
 For each spiking layer: spikes per image, firing rate (spikes per neuron per step; mean and the
 distribution over neurons), spikes at each step. A spike is one event: the -1 spikes of signed
-neurons count like +1 ones (``|s|``), and a burst neuron that sends ``s`` spikes in a step
-counts ``s``. For each synaptic layer (Conv2d, Linear):
+neurons count like +1 ones (``|s|``), a burst neuron that sends ``s`` spikes in a step
+counts ``s``, and a population's unit counts the spikes of its K members (each worth theta / K;
+its rate can exceed 1 per step, like a burst neuron's). For each synaptic layer (Conv2d, Linear):
 
 - ANN: multiply-accumulates ``MACs = output elements * (in_channels / groups * kh * kw)`` per
   image (``in_features`` for Linear), once;
@@ -204,7 +205,7 @@ def _unit(body: fx.GraphModule, chain: list[fx.Node], shapes: dict[str, torch.Si
     for node in chain:
         module = body.get_submodule(node.target) if node.op == "call_module" else None
         if isinstance(module, IFNeuron):
-            theta = module.threshold.detach().clamp(min=module.min_threshold)
+            theta = module.threshold.detach().clamp(min=module.min_threshold) / module.population
             shape = (1, *shapes[node.name])
             theta = theta.view(-1, *[1] * (len(shape) - 2)) if theta.dim() else theta
             env[node] = theta.expand(shape).contiguous()
@@ -268,7 +269,7 @@ def profile_snn(
         if isinstance(module, IFNeuron):
 
             def count_spikes(mod, args, out, name=node.name):
-                theta = mod.threshold.detach().clamp(min=mod.min_threshold)
+                theta = mod.threshold.detach().clamp(min=mod.min_threshold) / mod.population
                 view = theta.view(-1, *[1] * (out.dim() - 2)) if theta.dim() else theta
                 spikes = (out.detach() / view).round().abs_().view(steps, -1, *out.shape[1:])
                 shapes[name] = out.shape[1:]

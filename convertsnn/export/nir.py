@@ -24,7 +24,7 @@ sums (residual adds) are several edges into one node. How each feature is carrie
   over the T steps as extra bias ``v_init * theta / T`` (approximate); the export says which;
 - ResNet "option A" shortcuts (``x[:, :, ::2, ::2]`` and zero padding of channels): 1x1
   Conv2d nodes that select channels (exact);
-- spiking max-pool, DLIF input gains, signed spikes, burst neurons, concatenation and other functions: refused,
+- spiking max-pool, DLIF input gains, signed spikes, burst neurons, populations, concatenation and other functions: refused,
   naming the layer; so is a delayed readout (``readout="delay:D"``).
 
 The last layer stays non-spiking: the graph outputs its currents at each step, and the logits are
@@ -256,6 +256,12 @@ def _node_shapes(snn: SpikingNetwork) -> tuple[fx.GraphModule, dict[str, tuple[i
             raise _fail(name, "DLIF input gains per time step have no NIR node")
         if isinstance(module, IFNeuron) and module.signed:
             raise _fail(name, "signed (ternary) spikes have no NIR node; export it to ONNX")
+        if isinstance(module, IFNeuron) and module.population > 1:
+            raise _fail(
+                name,
+                "a population of member neurons (outputs averaged) has no NIR node; export it "
+                "to ONNX",
+            )
         if isinstance(module, IFNeuron) and module.burst > 1:
             raise _fail(
                 name, "burst neurons (several spikes per step) have no NIR node; export it to ONNX"

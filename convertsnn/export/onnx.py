@@ -10,7 +10,10 @@ neuron becomes T copies of its update, written with ordinary ONNX ops::
     u = h - s * theta   |   h * (1 - s)       reset by subtraction | to zero
     out[t] = s * theta
 
-so the file runs in onnxruntime (or any ONNX backend) without PyTorch. Stateless layers still see
+so the file runs in onnxruntime (or any ONNX backend) without PyTorch. A population of K member
+neurons (``IFNeuron(population=K)``) runs its members side by side on an extra dimension, each
+from its own initial membrane ``(k + 1/2) / K * theta``, and passes on their mean (ReduceMean).
+Stateless layers still see
 time folded into the batch (``[T*B, ...]``), as inside convertsnn. Dithered neurons (a random
 initial membrane per input, ``IFNeuron(dither=a)``) draw it in the graph with a
 ``RandomUniformLike`` node per neuron, ``u[0] = theta * (v_init + a * (2 U[0, 1) - 1))``, so the
@@ -57,6 +60,7 @@ class UnrolledNeuron(nn.Module):
         self.drawn: list[torch.Tensor] | None = None  # a list here records the draws
         self.signed = neuron.signed
         self.burst = neuron.burst
+        self.population = neuron.population
         theta = neuron.threshold.detach().clamp(min=neuron.min_threshold)
         self.register_buffer("theta", theta.clone())
         gain = neuron.gain.detach() if isinstance(neuron, DLIFNeuron) else None
@@ -67,7 +71,12 @@ class UnrolledNeuron(nn.Module):
         theta = self.theta
         if theta.dim() == 1:
             theta = theta.view(-1, *([1] * (x.dim() - 2)))
-        if self.dither:  # one draw per input and neuron, as IFNeuron.initial_membrane
+        if self.population > 1:  # K members, dimension 1: the same input, u[0] = (k + 1/2) / K
+            k = self.population
+            seq = seq.unsqueeze(1).expand(seq.shape[0], k, *seq.shape[1:])
+            offsets = (torch.arange(k, dtype=x.dtype) + 0.5) / k
+            u = offsets.view(k, *([1] * x.dim())) * theta
+        elif self.dither:  # one draw per input and neuron, as IFNeuron.initial_membrane
             noise = torch.rand_like(seq[0])
             if self.drawn is not None:
                 self.drawn.append(noise)
@@ -86,7 +95,7 @@ class UnrolledNeuron(nn.Module):
             if count is not None:  # signed neurons: negative spikes, reset by subtraction
                 spike = spike - ((h < 0) & (count > 0)).to(x.dtype)
                 count = count + spike
-            out.append(spike * theta)
+            out.append(spike * theta if self.population == 1 else (spike * theta).mean(0))
             u = h * (1 - spike) if self.reset_zero else h - spike * theta
         return torch.stack(out).flatten(0, 1)
 

@@ -31,8 +31,8 @@ class DLIFNeuron(IFNeuron):
     """IF/LIF neuron whose input current at step ``t`` is multiplied by a learnable ``gain[t]``.
 
     Args:
-        threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst, dither: as
-            :class:`IFNeuron`.
+        threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst, dither,
+            population: as :class:`IFNeuron`.
         timesteps: the number of steps T the gains are for (one gain per step, all 1 at first).
     """
 
@@ -48,10 +48,12 @@ class DLIFNeuron(IFNeuron):
         signed: bool = False,
         burst: int = 1,
         dither: float = 0.0,
+        population: int = 1,
     ) -> None:
         super().__init__(
-            threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst, dither
-        )
+            threshold, leak, reset, v_init, surrogate, min_threshold, signed, burst, dither,
+            population,
+        )  # fmt: skip
         if int(timesteps) != timesteps or timesteps < 1:
             raise ConvertSNNError(f"DLIF neuron needs timesteps >= 1, got {timesteps}")
         self.gain = nn.Parameter(torch.ones(int(timesteps)))

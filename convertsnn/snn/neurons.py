@@ -35,6 +35,18 @@ charged past 2 theta (input arriving unevenly, or a current above theta) is pass
 instead of over later steps, and a neuron can send up to ``K * theta`` per step. It costs a
 divider (or K comparisons) per neuron and up to K synaptic events per neuron and step.
 
+Population coding, ``population=K`` with K >= 2, off by default (K = 1 is the single neuron):
+a hardware-cost variant in the spirit of Lv et al.'s group neurons (ICASSP 2024, "Optimal ANN-SNN
+conversion with group neurons"), but built from K *independent* binary IF neurons, so it runs on
+binary-spike hardware. Each unit becomes K member neurons that receive the same input current
+and threshold and differ only in their initial membrane, ``theta * (k + 1/2) / K`` for
+``k = 0..K-1`` (mean theta/2); the unit's output is the members' mean, ``theta / K * sum_k
+s_k[t]``, i.e. each member's spikes reach the next layer with 1/K of the weight. For a constant
+input Hermite's identity (``sum_k floor(y + k/K) = floor(K y)``) makes the K members' spike
+count exactly the rounding of the input to ``K * T`` levels of ``theta / (K T)``: the
+resolution of K times as many steps at the same latency. It costs K times the neurons and the
+synapses of each spiking layer (at most one spike per member and step).
+
 Dithered initial membrane, ``dither=a`` with 0 < a <= min(v_init, 1 - v_init), off by default:
 each neuron draws its initial membrane per input and per forward pass from
 ``theta * U[v_init - a, v_init + a]``. Over T steps an IF neuron rounds its mean input to one
@@ -56,6 +68,7 @@ from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
 GRADIENT_MODES = ("bptt", "bptr", "ann")
 MAX_BURST = 255  # burst spike counts are kept as uint8 for the backward pass
+MAX_POPULATION = 64
 RESETS = ("subtract", "zero")
 
 
@@ -91,6 +104,10 @@ class IFNeuron(nn.Module):
         dither: half-width ``a`` of the random initial membrane ``theta * U[v_init - a,
             v_init + a]`` drawn per input and forward pass (see the module doc; 0, the default,
             is deterministic).
+        population: member neurons per unit (see the module doc; 1, the default, is the single
+            neuron; K >= 2 is a hardware-cost variant of binary neurons with initial membranes
+            ``(k + 1/2) / K`` in place of ``v_init``, which must stay 0.5; reset by subtraction,
+            not with signed, burst or dithered neurons).
 
     Gradient modes (attribute ``gradient_mode``): ``"bptt"`` backpropagates through time with
     the surrogate; ``"bptr"`` backpropagates through the firing rate (the gradient of ReLU at the
@@ -113,6 +130,7 @@ class IFNeuron(nn.Module):
         signed: bool = False,
         burst: int = 1,
         dither: float = 0.0,
+        population: int = 1,
     ) -> None:
         super().__init__()
         if not 0 < leak <= 1:
@@ -127,6 +145,7 @@ class IFNeuron(nn.Module):
         self.reset = reset
         self.v_init = float(v_init)
         self.dither = check_dither(dither, self.v_init)
+        self.population = check_population(population, reset, signed, burst, v_init, dither)
         self.surrogate = parse_surrogate(surrogate)
         self.min_threshold = float(min_threshold)
         self.signed = bool(signed)
@@ -136,7 +155,8 @@ class IFNeuron(nn.Module):
 
     def config(self) -> dict:
         """Constructor arguments except the threshold (which is a parameter); ``signed``,
-        ``burst`` and ``dither`` only when set, so files of binary neurons are written as before."""
+        ``burst``, ``dither`` and ``population`` only when set, so files of binary neurons are
+        written as before."""
         config = {
             "leak": self.leak,
             "reset": self.reset,
@@ -150,6 +170,8 @@ class IFNeuron(nn.Module):
             config["burst"] = self.burst
         if self.dither:
             config["dither"] = self.dither
+        if self.population > 1:
+            config["population"] = self.population
         return config
 
     def extra_repr(self) -> str:
@@ -166,21 +188,43 @@ class IFNeuron(nn.Module):
 
     def initial_membrane(self, seq: torch.Tensor) -> float | torch.Tensor:
         """``u[0] / theta`` for the inputs ``[T, B, ...]``: ``v_init``, or with ``dither`` one
-        draw per input and neuron from ``U[v_init - dither, v_init + dither]`` ``[B, ...]``."""
+        draw per input and neuron from ``U[v_init - dither, v_init + dither]`` ``[B, ...]``, or
+        for a population of K members (``seq`` of :meth:`members`, ``[T, K*B, ...]``) member k's
+        ``(k + 1/2) / K`` ``[K*B, ...]``."""
+        if self.population > 1:
+            k = self.population
+            offsets = (torch.arange(k, dtype=seq.dtype, device=seq.device) + 0.5) / k
+            shape = (k, seq.shape[1] // k, *seq.shape[2:])
+            return offsets.view(k, *([1] * (len(shape) - 1))).expand(shape).flatten(0, 1)
         if not self.dither:
             return self.v_init
         noise = torch.rand(seq.shape[1:], dtype=seq.dtype, device=seq.device)
         return self.v_init + self.dither * (2 * noise - 1)
 
+    def members(self, seq: torch.Tensor) -> torch.Tensor:
+        """The inputs ``[T, B, ...]`` of a population of K members, member-major: ``[T, K*B, ...]``."""
+        k = self.population
+        return seq.unsqueeze(1).expand(seq.shape[0], k, *seq.shape[1:]).flatten(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: input currents ``[T*B, ...]``; returns ``theta * spikes``, same shape."""
+        """``x``: input currents ``[T*B, ...]``; returns ``theta * spikes`` (a population's mean
+        over its members), same shape."""
         if self.gradient_mode == "ann":
             return torch.relu(x)
         seq = unfold_time(x, self.timesteps)
-        theta = self._theta(x.dim())
+        if self.population > 1:
+            seq = self.members(seq)
+        out = self._dynamics(seq, self._theta(x.dim()))
+        if self.population > 1:
+            out = out.view(out.shape[0], self.population, -1, *out.shape[2:]).mean(1)
+        return out.flatten(0, 1)
+
+    def _dynamics(self, seq: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``theta * spikes`` ``[T, B, ...]`` for the input currents ``seq`` ``[T, B, ...]``,
+        by the fastest path that gives the gradient the gradient mode asks for."""
         v_init = self.initial_membrane(seq)
         if self.gradient_mode == "bptr":
-            return _RateBackprop.apply(seq, theta, self, v_init).flatten(0, 1)
+            return _RateBackprop.apply(seq, theta, self, v_init)
         needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
         settings = (self.leak, self.reset == "zero", v_init)
         if (
@@ -191,14 +235,15 @@ class IFNeuron(nn.Module):
         ):
             out = compiled_dynamics(seq, theta, *settings, self.surrogate, needs_grad)
             if out is not None:
-                return out.flatten(0, 1)
+                return out
         if not needs_grad and (self.signed or isinstance(self.surrogate, Surrogate)):
-            out = integrate_and_fire(seq, theta, *settings, signed=self.signed, burst=self.burst)
-            return out[0].flatten(0, 1)
+            out, _, _ = integrate_and_fire(
+                seq, theta, *settings, signed=self.signed, burst=self.burst
+            )
+            return out
         if isinstance(self.surrogate, Surrogate) and not self.signed:
-            dynamics = (*settings, self.surrogate, self.burst)
-            return _IFDynamics.apply(seq, theta, *dynamics).flatten(0, 1)
-        return self.simulate(seq, theta, self.surrogate, v_init).flatten(0, 1)
+            return _IFDynamics.apply(seq, theta, *settings, self.surrogate, self.burst)
+        return self.simulate(seq, theta, self.surrogate, v_init)
 
     def simulate(
         self,
@@ -330,6 +375,44 @@ def check_dither(dither: float, v_init: float = 0.5) -> float:
             f"{limit:g} with v_init {v_init:g} (the membrane starts within [0, theta]), got {dither!r}"
         )
     return value
+
+
+def check_population(
+    population: int,
+    reset: str = "subtract",
+    signed: bool = False,
+    burst: int = 1,
+    v_init: float = 0.5,
+    dither: float = 0.0,
+) -> int:
+    """``population`` as the member neurons per unit K (1 = a single neuron), refused in one line
+    unless an integer from 1 to 64 with reset by subtraction, ``v_init`` 0.5 and binary,
+    deterministic members."""
+    if (
+        isinstance(population, bool)
+        or not isinstance(population, int)
+        or not 1 <= population <= MAX_POPULATION
+    ):
+        raise ConvertSNNError(
+            f"population is the member neurons per unit, an integer from 1 (a single neuron) to "
+            f"{MAX_POPULATION}, got {population!r}"
+        )
+    if population == 1:
+        return 1
+    clash = [
+        what
+        for what, on in (
+            ("reset to zero (use reset='subtract')", reset != "subtract"),
+            ("signed spikes", signed),
+            ("burst spikes", burst > 1),
+            ("a dither", dither),
+            (f"v_init {v_init:g} (the members start at (k + 1/2) / K; use 0.5)", v_init != 0.5),
+        )
+        if on
+    ]
+    if clash:
+        raise ConvertSNNError(f"a population of {population} binary neurons cannot have {clash[0]}")
+    return population
 
 
 def burst_count(h: torch.Tensor, theta: torch.Tensor, burst: int) -> torch.Tensor:

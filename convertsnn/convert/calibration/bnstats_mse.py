@@ -49,7 +49,8 @@ class BNStatsMSE(BNStats):
             values = values[values > 0]
             top = neuron.threshold.detach().max().item()
             if values.numel():
-                settings = (snn.timesteps, neuron.v_init, self.grid, neuron.burst)
+                levels = snn.timesteps * neuron.population
+                settings = (levels, neuron.v_init, self.grid, neuron.burst)
                 theta = best_threshold(values, top, *settings)
                 neuron.threshold.data = torch.full_like(neuron.threshold.data, theta)
 

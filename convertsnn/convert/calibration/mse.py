@@ -13,7 +13,9 @@ layer's maximum activation to minimise ``mean((q(a) - relu(a))^2)`` over a sampl
 layer's positive activations. The search needs T, so it runs on the converted SNN (for its
 ``timesteps``), from the samples taken during calibration. For burst neurons (up to K spikes per
 step, :class:`~convertsnn.snn.neurons.IFNeuron`) the output is clamped at ``K T`` spikes instead
-of T, so the search finds the finer threshold they can afford.
+of T, so the search finds the finer threshold they can afford; a population of K member
+neurons (``IFNeuron(population=K)``) rounds to ``K T`` levels over the same range, so the search
+runs for ``K T`` steps.
 
 ``scale`` multiplies every chosen threshold: the MSE optimum is the best clean fit of one layer,
 not the most robust network. On the PGD-trained ResNet-2B at T = 8 (standard suite at 2/255,
@@ -38,7 +40,8 @@ def best_threshold(
     values: torch.Tensor, top: float, timesteps: int, v_init: float, grid: int, burst: int = 1
 ) -> float:
     """The threshold in ``top * (1..grid)/grid`` whose T-level output (``burst * T`` levels for
-    burst neurons) is closest (MSE) to ``values`` (positive activations)."""
+    burst neurons; a population of K members is passed as ``timesteps = K * T``) is closest
+    (MSE) to ``values`` (positive activations)."""
     best, best_error = top, float("inf")
     for i in range(1, grid + 1):
         theta = top * i / grid
@@ -76,7 +79,12 @@ class MSEThreshold(MaxNorm):
             obs = self.observers[name]
             values = torch.cat(obs.samples)
             theta = best_threshold(
-                values, obs.max.item(), snn.timesteps, module.v_init, self.grid, module.burst
+                values,
+                obs.max.item(),
+                snn.timesteps * module.population,
+                module.v_init,
+                self.grid,
+                module.burst,
             )
             module.threshold.data = torch.full_like(module.threshold.data, theta * self.scale)
 

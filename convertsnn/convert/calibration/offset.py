@@ -47,7 +47,13 @@ class OffsetSpikes(OnTopOf):
         self.calibrate_offsets(snn, loader, device)
 
     def calibrate_offsets(self, snn, loader: DataLoader | None, device: torch.device) -> None:
-        """The initial-membrane search alone, for ``snn.timesteps``, on any converted SNN."""
+        """The initial-membrane search alone, for ``snn.timesteps``, on any converted SNN
+        without populations (whose members start at fixed fractions of theta)."""
+        if any(neuron.population > 1 for neuron in snn.neurons()):
+            raise ConvertSNNError(
+                "offset calibration moves each layer's initial membrane, but population members "
+                "start at fixed (k + 1/2) / K theta; choose a calibration without offset"
+            )
         images = calibration_images(loader, self.images)
         targets = clipped_activations(snn, images, device)
         steps = snn.timesteps
