@@ -100,28 +100,39 @@ def test_mse_thresholds_use_the_finer_levels_of_burst_neurons():
     assert burst < binary  # up to 2 spikes a step: the same range with half the threshold
 
 
+def assert_variant_stored_exported_and_refused_by_nir(
+    snn, plain, data: torch.Tensor, tmp_path, setting: str, value: int, nir_error: str
+) -> None:
+    """A neuron variant's SNN ``snn`` of the network of ``plain``: it differs from ``plain``,
+    its neurons' ``setting`` survives a save and load, ``plain``'s file is written without it,
+    the ONNX export agrees with it and the NIR export refuses it (``nir_error``)."""
+    snn.metadata["input_size"] = list(data.shape[1:])
+    with torch.no_grad():
+        assert not torch.equal(snn(data), plain(data))
+    loaded = load_snn(save_snn(snn, tmp_path / f"{setting}.safetensors"))
+    assert all(getattr(n, setting) == value for n in loaded.neurons())
+    with torch.no_grad():
+        assert torch.equal(loaded(data), snn(data))
+    document, _ = read_document(save_snn(plain, tmp_path / "plain.safetensors"))
+    assert setting not in str(document["graph"])  # plain files are written as before
+    onnx = export_onnx(snn, tmp_path / f"{setting}.onnx")
+    with torch.no_grad():
+        assert (onnx_logits(onnx, data[:8]) - snn(data[:8])).abs().max() <= 1e-4
+    with pytest.raises(ConvertSNNError, match=nir_error):
+        to_nir(snn)
+
+
 def test_burst_conversion_is_stored_exported_to_onnx_and_refused_by_nir(tmp_path):
     torch.manual_seed(1)
     data = torch.rand(64, 3, 8, 8)
     model = trained_batchnorm(residual_net(blocks=1), data)
     binary = convert(model, loader(data), timesteps=4, calibration="max")
     snn = convert(model, loader(data), timesteps=4, calibration="max", burst=3)
-    snn.metadata["input_size"] = [3, 8, 8]
     assert "up to 3 spikes" in snn.metadata["conversion"]["burst_spikes"]
-    with torch.no_grad():
-        assert not torch.equal(snn(data), binary(data))
-    path = save_snn(snn, tmp_path / "burst.safetensors")
-    loaded = load_snn(path)
-    assert all(n.burst == 3 for n in loaded.neurons())
-    with torch.no_grad():
-        assert torch.equal(loaded(data), snn(data))
-    document, _ = read_document(save_snn(binary, tmp_path / "binary.safetensors"))
-    assert "burst" not in str(document["graph"])  # binary files are written as before
-    onnx = export_onnx(snn, tmp_path / "burst.onnx")
-    with torch.no_grad():
-        assert (onnx_logits(onnx, data[:8]) - snn(data[:8])).abs().max() <= 1e-4
-    with pytest.raises(ConvertSNNError, match=r"burst neurons \(several spikes per step\)"):
-        to_nir(snn)
+    nir_error = r"burst neurons \(several spikes per step\)"
+    assert_variant_stored_exported_and_refused_by_nir(
+        snn, binary, data, tmp_path, "burst", 3, nir_error
+    )
 
 
 @pytest.mark.parametrize(

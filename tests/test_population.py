@@ -6,12 +6,10 @@ import torch
 
 from convertsnn.convert import convert
 from convertsnn.errors import ConvertSNNError
-from convertsnn.export.nir import to_nir
-from convertsnn.export.onnx import export_onnx, onnx_logits
 from convertsnn.snn.neurons import IFNeuron
-from convertsnn.snn.serialize import load_snn, read_document, save_snn
+from convertsnn.snn.serialize import load_snn
 from tests.cli_helpers import assert_one_line_error, convert_command, run_cli
-from tests.test_burst_spikes import _PerStep
+from tests.test_burst_spikes import _PerStep, assert_variant_stored_exported_and_refused_by_nir
 from tests.test_calibration import loader, trained_batchnorm
 from tests.test_deep_conversion import residual_net
 
@@ -90,21 +88,11 @@ def test_population_conversion_is_stored_exported_to_onnx_and_refused_by_nir(tmp
     model = trained_batchnorm(residual_net(blocks=1), data)
     single = convert(model, loader(data), timesteps=4, calibration="max")
     snn = convert(model, loader(data), timesteps=4, calibration="max", population=3)
-    snn.metadata["input_size"] = [3, 8, 8]
     assert "3 binary neurons per unit" in snn.metadata["conversion"]["population"]
-    with torch.no_grad():
-        assert not torch.equal(snn(data), single(data))
-    loaded = load_snn(save_snn(snn, tmp_path / "population.safetensors"))
-    assert all(n.population == 3 for n in loaded.neurons())
-    with torch.no_grad():
-        assert torch.equal(loaded(data), snn(data))
-    document, _ = read_document(save_snn(single, tmp_path / "single.safetensors"))
-    assert "population" not in str(document["graph"])  # single-neuron files as before
-    onnx = export_onnx(snn, tmp_path / "population.onnx")
-    with torch.no_grad():
-        assert (onnx_logits(onnx, data[:8]) - snn(data[:8])).abs().max() <= 1e-4
-    with pytest.raises(ConvertSNNError, match="population of member neurons"):
-        to_nir(snn)
+    nir_error = "population of member neurons"
+    assert_variant_stored_exported_and_refused_by_nir(
+        snn, single, data, tmp_path, "population", 3, nir_error
+    )
 
 
 @pytest.mark.parametrize(
