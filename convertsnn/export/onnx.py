@@ -39,7 +39,7 @@ from torch import fx, nn
 from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.dlif import DLIFNeuron
 from convertsnn.snn.network import SpikingNetwork
-from convertsnn.snn.neurons import IFNeuron
+from convertsnn.snn.neurons import IFNeuron, member_offsets
 from convertsnn.snn.pooling import SpikingMaxPool2d
 from convertsnn.snn.serialize import atomic_write
 
@@ -74,7 +74,7 @@ class UnrolledNeuron(nn.Module):
         if self.population > 1:  # K members, dimension 1: the same input, u[0] = (k + 1/2) / K
             k = self.population
             seq = seq.unsqueeze(1).expand(seq.shape[0], k, *seq.shape[1:])
-            offsets = (torch.arange(k, dtype=x.dtype) + 0.5) / k
+            offsets = member_offsets(k, x.dtype)
             u = offsets.view(k, *([1] * x.dim())) * theta
         elif self.dither:  # one draw per input and neuron, as IFNeuron.initial_membrane
             noise = torch.rand_like(seq[0])

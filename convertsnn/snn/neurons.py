@@ -193,7 +193,7 @@ class IFNeuron(nn.Module):
         ``(k + 1/2) / K`` ``[K*B, ...]``."""
         if self.population > 1:
             k = self.population
-            offsets = (torch.arange(k, dtype=seq.dtype, device=seq.device) + 0.5) / k
+            offsets = member_offsets(k, seq.dtype, seq.device)
             shape = (k, seq.shape[1] // k, *seq.shape[2:])
             return offsets.view(k, *([1] * (len(shape) - 1))).expand(shape).flatten(0, 1)
         if not self.dither:
@@ -375,6 +375,11 @@ def check_dither(dither: float, v_init: float = 0.5) -> float:
             f"{limit:g} with v_init {v_init:g} (the membrane starts within [0, theta]), got {dither!r}"
         )
     return value
+
+
+def member_offsets(k: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """The initial membranes of a population's K members as fractions of theta, ``(k + 1/2) / K``."""
+    return (torch.arange(k, dtype=dtype, device=device) + 0.5) / k
 
 
 def check_population(
