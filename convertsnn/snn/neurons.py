@@ -312,18 +312,21 @@ def integrate_and_fire(
     out = torch.empty_like(seq)
     membrane = torch.empty_like(seq) if keep else None
     spikes = torch.empty(seq.shape, dtype=torch.bool, device=seq.device) if keep else None
-    spike = None if keep else torch.empty(seq.shape[1:], dtype=torch.bool, device=seq.device)
-    zero = seq.new_zeros(())
+    # this step's spikes as 0/1 in the input's dtype: on CPU, kernels that read or write bool
+    # run several times slower than float ones (benchmarks/results/spike_dtype.md)
+    spike = torch.empty_like(seq[0])
     u = torch.empty_like(seq[0])
     u.copy_(v_init * theta)  # broadcast: u[0] = v_init * theta
     for t in range(len(seq)):
         if leak != 1.0:
             u.mul_(leak)
         h = torch.add(seq[t], u, out=membrane[t]) if keep else u.add_(seq[t])
-        s = torch.ge(h, theta, out=spikes[t] if keep else spike)
-        fired = torch.where(s, theta, zero, out=out[t])
+        torch.ge(h, theta, out=spike)
+        fired = torch.mul(spike, theta, out=out[t])
+        if keep:
+            spikes[t].copy_(spike)
         if reset_zero:
-            torch.where(s, zero, h, out=u)
+            torch.addcmul(h, h, spike, value=-1, out=u)  # h - h * spike: 0 where it fired
         else:
             torch.sub(h, fired, out=u)
     return out, membrane, spikes
@@ -521,7 +524,7 @@ def backprop_through_time(
             gssg = gs * sg
             gh = torch.add(gu.masked_fill(spike, 0.0), gssg, out=grad_in[t])
             if need_theta:
-                grad_theta.append(reduce(go * spike - gssg))
+                grad_theta.append(reduce(torch.where(spike, go, 0.0) - gssg))
         else:
             d = go - gu
             gs = torch.mul(go if detach_reset else d, theta)
@@ -529,7 +532,8 @@ def backprop_through_time(
             gh = torch.add(gu, gssg, out=grad_in[t])
             if need_theta:
                 gs_theta = gs.mul_(sg_theta) if burst > 1 else gssg
-                grad_theta.append(reduce(d.mul_(spike).sub_(gs_theta)))
+                d_spike = d.mul_(spike) if burst > 1 else torch.where(spike, d, 0.0)
+                grad_theta.append(reduce(d_spike.sub_(gs_theta)))
         gu = gh if leak == 1.0 else gh * leak
     if not need_theta:
         return grad_in, None
