@@ -15,8 +15,10 @@ Every round times each workload of every (T, batch) once for the ANN and once fo
 run single-step for T steps; with ``--compiled``, once for the SNN with the compiled runtime of
 :mod:`convertsnn.snn.compiled`; with ``--folded-ann``, once for the ANN on T copies of the
 batch, i.e. the SNN's convolutions without its neurons), interleaved, so slow phases of a
-shared machine hit all; the report gives the median and the min-max of the per-round ratios and the median absolute times. On CUDA
-every timing waits for the GPU (``torch.cuda.synchronize``).
+shared machine hit all; the report gives the median and the min-max of the per-round ratios
+and the median absolute times. On CUDA every timing waits for the GPU
+(``torch.cuda.synchronize``). ``--population K`` makes every unit K binary IF neurons (the
+hardware-cost variant of ``convert --population``).
 
 Then, unless ``--no-costs``: the peak memory of one BPTT step per T (``--memory-timesteps``, at
 the largest batch; ANN at the batch and at T x batch, SNN with ``memory`` full and checkpoint
@@ -58,11 +60,13 @@ from convertsnn.allocator import keep_freed_memory
 from convertsnn.attacks import PGD
 from convertsnn.attacks.base import frozen_parameters
 from convertsnn.data import load_dataset
+from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import write_json
 from convertsnn.eval.settings import EvalSettings
 from convertsnn.eval.suites import run_suite
 from convertsnn.importers import Preprocessing, load_ann
 from convertsnn.snn.network import SpikingNetwork
+from convertsnn.snn.neurons import check_population
 from convertsnn.snn.serialize import atomic_write, load_snn, package_versions, save_snn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +180,10 @@ def calibration_images(args) -> DataLoader:
 
 
 def build_snn(args) -> SpikingNetwork:
-    return convert(source_ann(args), calibration_images(args), 8, args.calibration).eval()
+    snn = convert(
+        source_ann(args), calibration_images(args), 8, args.calibration, population=args.population
+    )
+    return snn.eval()
 
 
 def inputs(args, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,6 +347,16 @@ def device_name(device: torch.device) -> str:
     return f"cpu, {torch.get_num_threads()} thread(s)"
 
 
+def population_words(population: int) -> str:
+    """How a page names populations of ``population`` binary neurons per unit (1: nothing)."""
+    if population == 1:
+        return ""
+    return (
+        f", every unit a population of {population} binary IF neurons (a hardware-cost variant: "
+        f"{population} x the neuron work, the same convolutions; SpikingJelly: one neuron per unit)"
+    )
+
+
 def markdown(result: dict) -> str:
     extra = [side for side in COLUMNS if result["config"].get(side)]
     lines = [
@@ -348,7 +365,9 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Device: {result['device_name']}. Model: ResNet-20 (shared akamaster checkpoint) "
-        f"converted with `{result['config']['calibration']}`; ANN = the same network in `ann` "
+        f"converted with `{result['config']['calibration']}`"
+        f"{population_words(result['config'].get('population', 1))}; "
+        "ANN = the same network in `ann` "
         f"mode (BN folded, one step); inputs: {result['config']['inputs']} CIFAR-10 images of "
         f"`{result['config']['data']}`. {result['config']['rounds']} interleaved rounds after a "
         f"warm-up round, {result['config']['repeats']} calls per timing"
@@ -417,6 +436,8 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT.parent / "shared" / "models")
     parser.add_argument("--data", default="cifar10_lossless_subset.npz")
     parser.add_argument("--calibration", default="percentile:99.99")
+    parser.add_argument("--population", type=int, default=1,
+                        help="binary IF neurons per unit (convert --population)")  # fmt: skip
     parser.add_argument("--calib-images", type=int, default=256)
     parser.add_argument("--timesteps", default="1,2,4,8,16,32")
     parser.add_argument("--batch", default="16,64")
@@ -445,6 +466,10 @@ def main() -> None:
     if args.memory_probe:
         print(memory_probe(*json.loads(args.memory_probe)))
         return
+    try:
+        check_population(args.population)
+    except ConvertSNNError as error:
+        parser.error(str(error))
     args.memory_timesteps = [int(t) for t in args.memory_timesteps.split(",")]
     if args.keep_freed_memory and not keep_freed_memory():
         parser.error("--keep-freed-memory needs glibc (and no MALLOC_*_ variables set)")
