@@ -81,6 +81,36 @@ def test_every_surrogate_family_has_the_eager_gradient(family):
     assert compiled._failure is None, compiled._failure
 
 
+@needs_compiler
+@pytest.mark.parametrize(
+    ("population", "leak", "per_channel"), [(4, 1.0, True), (20, 0.9, False), (8, 1.0, False)]
+)
+def test_a_population_runs_in_one_kernel_with_the_eager_spikes(population, leak, per_channel):
+    """The members read the unexpanded input inside the kernel. On inputs this small
+    ``Tensor.mean`` would sum the members in another order than member by member (8 and 20
+    members): both runtimes use the one order of ``member_mean``."""
+    torch.manual_seed(2)
+    steps, batch = 5, 3
+    theta = torch.tensor([0.6, 1.1, 0.9]) if per_channel else 0.8
+    x = torch.randn(steps * batch, 3, 4, 4) * 0.8
+    weights = torch.randn_like(x)
+    results = []
+    for runtime in ("eager", "compiled"):
+        neuron = IFNeuron(threshold=theta, leak=leak, population=population)
+        neuron.timesteps, neuron.runtime = steps, runtime
+        with torch.no_grad():
+            out = neuron(x)
+        xg = x.clone().requires_grad_(True)
+        (neuron(xg) * weights).sum().backward()
+        results.append((out, xg.grad, neuron.threshold.grad))
+    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = results
+    assert len(out_e.unique()) > 3  # member means, not one neuron's 0 or theta
+    assert torch.equal(out_c, out_e)
+    assert torch.allclose(gx_c, gx_e, atol=1e-5)
+    assert torch.allclose(gt_c, gt_e, atol=1e-4, rtol=1e-4)
+    assert compiled._failure is None, compiled._failure
+
+
 def test_frozen_threshold_gives_the_same_input_gradient():
     (eager, fused), x, weights = _pair(*CASES[0])
     grads = []
@@ -105,6 +135,26 @@ def test_network_runtime_switch(tiny_resnet, images):
         assert torch.equal(snn(images), eager)
     with pytest.raises(ConvertSNNError, match="unknown runtime 'jit'"):
         snn.runtime = "jit"
+
+
+@needs_compiler
+def test_conversion_with_compiled_neurons_gives_the_same_snn(tiny_resnet, images):
+    """Bias calibration and ``auto`` run the neurons; compiled, they give the same file."""
+    from convertsnn import convert
+
+    batches = [(images[:16], torch.zeros(16)), (images[16:], torch.zeros(16))]
+    snns = {
+        runtime: convert(tiny_resnet, batches, timesteps=3, population=3,
+                         calibration="auto:mse+biascal:percentile:99.9", runtime=runtime)
+        for runtime in ("eager", "compiled")
+    }  # fmt: skip
+    assert snns["compiled"].runtime == "compiled" and snns["eager"].runtime == "eager"
+    eager, fused = (snns[r].state_dict() for r in ("eager", "compiled"))
+    assert eager.keys() == fused.keys()
+    assert all(torch.equal(eager[k], fused[k]) for k in eager)
+    assert snns["compiled"].metadata == snns["eager"].metadata
+    with pytest.raises(ConvertSNNError, match="unknown runtime 'jit'; choose one of eager"):
+        convert(tiny_resnet, [(images, None)], timesteps=3, calibration="max", runtime="jit")
 
 
 def test_failed_compile_falls_back_to_the_eager_neuron(monkeypatch):

@@ -6,6 +6,7 @@ import torch
 
 from convertsnn.convert import convert
 from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.compiled import member_mean
 from convertsnn.snn.neurons import IFNeuron
 from convertsnn.snn.serialize import load_snn
 from tests.cli_helpers import assert_one_line_error, convert_command, run_cli
@@ -21,7 +22,7 @@ def members_one_by_one(theta, x: torch.Tensor, k: int, steps: int, **kwargs) -> 
         neuron = IFNeuron(theta, v_init=(j + 0.5) / k, **kwargs)
         neuron.timesteps = steps
         outs.append(neuron(x))
-    return torch.stack(outs).mean(0)
+    return member_mean(outs)
 
 
 def test_a_population_rounds_a_constant_input_to_k_times_t_levels():

@@ -12,6 +12,7 @@ from convertsnn.cli.options import (
     parse_int_list,
     parse_number_list,
     resolve_device,
+    runtime_option,
 )
 from convertsnn.convert import convert
 from convertsnn.convert.calibration import list_calibrations
@@ -141,10 +142,11 @@ def _preprocessing(
 @click.option("--data-dir", type=click.Path(), help="Where torchvision datasets are stored.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Output file (.safetensors).")
+@runtime_option
 @device_option
 def command(
     source, timesteps, calib_data, calib_images, calibration, neuron, leak, reset, v_init,
-    surrogate, signed_spikes, burst, population, dither, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, device,
+    surrogate, signed_spikes, burst, population, dither, arch, mean, std, input_size, weights, model_dir, data_dir, batch_size, out, runtime, device,
 ) -> None:  # fmt: skip
     """Convert the ANN SOURCE into a spiking network file.
 
@@ -190,7 +192,7 @@ def command(
         ann.model, loader, timesteps=timesteps, calibration=calibration, neuron=neuron,
         leak=leak, reset=reset, v_init=v_init, surrogate=surrogate, device=device,
         metadata=metadata, signed=signed_spikes, burst=burst, dither=dither,
-        population=population,
+        population=population, runtime=runtime,
     )  # fmt: skip
     save_snn(snn, path)
     if data_free_note:

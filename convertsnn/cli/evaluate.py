@@ -14,6 +14,7 @@ from convertsnn.cli.options import (
     parse_int_list,
     parse_number_list,
     resolve_device,
+    runtime_option,
     write_json_out,
 )
 from convertsnn.data import check_dataset_fits, load_dataset
@@ -30,7 +31,6 @@ from convertsnn.eval.robustness import evaluate_robustness
 from convertsnn.eval.settings import EvalSettings, default_eot
 from convertsnn.eval.state import StateDir
 from convertsnn.eval.suites import SUITES, get_suite, single_attack_suite, with_transfer_source
-from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.network import check_timesteps
 from convertsnn.snn.serialize import atomic_write, check_writable, load_snn, package_versions
 from convertsnn.zoo import resolve_model_file
@@ -226,14 +226,7 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     type=click.Path(file_okay=False),
     help="State directory: progress is saved there and a rerun with the same settings resumes.",
 )
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="eager",
-    show_default=True,
-    help="compiled runs each spiking layer's T steps as one torch.compile kernel per direction "
-    "(same spikes, faster after seconds of compiling; needs a C++ compiler on CPU).",
-)
+@runtime_option
 @device_option
 @click.pass_context
 def command(

@@ -8,6 +8,7 @@ import torch
 from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import write_json
 from convertsnn.numbers import parse_number, parse_number_list  # noqa: F401  (re-exported)
+from convertsnn.snn.compiled import RUNTIMES
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -43,6 +44,17 @@ device_option = click.option(
     default="auto",
     show_default=True,
     help="cpu, cuda, cuda:N, or auto (CUDA when available).",
+)
+
+
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="eager",
+    show_default=True,
+    help="compiled runs each spiking layer's T steps as one torch.compile kernel per direction "
+    "(same spikes, faster after seconds of compiling per kernel; needs a C++ compiler on CPU; "
+    "docs/performance.md says when it pays).",
 )
 
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from convertsnn.convert.calibration import CalibrationMethod, get_calibration
 from convertsnn.convert.graph import activation_names, prepare_ann
 from convertsnn.errors import ConvertSNNError
+from convertsnn.snn.compiled import check_runtime
 from convertsnn.snn.network import SpikingNetwork, check_timesteps
 from convertsnn.snn.neurons import IFNeuron, check_burst, check_dither, check_population
 
@@ -92,6 +93,7 @@ def convert(
     burst: int = 1,
     dither: float = 0.0,
     population: int = 1,
+    runtime: str = "eager",
 ) -> SpikingNetwork:
     """Convert a ReLU ANN (taking images in [0, 1]) into a :class:`SpikingNetwork`.
 
@@ -117,6 +119,8 @@ def convert(
         population: binary member neurons per unit, K (staggered initial membranes, outputs
             averaged; see :class:`IFNeuron`); 1, the default, is one neuron, K >= 2 a
             hardware-cost variant that binary-spike hardware can run.
+        runtime: ``"eager"`` or ``"compiled"``, how the neurons run during calibration and
+            afterwards (see :mod:`convertsnn.snn.compiled`; the same spikes, so the same SNN).
     """
     if not isinstance(ann, nn.Module):
         raise ConvertSNNError(f"convert takes a torch.nn.Module ANN, got {type(ann).__name__}")
@@ -133,6 +137,7 @@ def convert(
     check_burst(burst, reset, signed)
     check_dither(dither, v_init)
     check_population(population, reset, signed, burst, v_init, dither)
+    check_runtime(runtime)
     if neuron not in NEURON_TYPES:
         raise ConvertSNNError(f"unknown neuron '{neuron}'; choose one of {', '.join(NEURON_TYPES)}")
     if neuron == "if":
@@ -178,6 +183,7 @@ def convert(
     if dither:
         meta["conversion"]["dither"] = dither
     snn = SpikingNetwork(body, timesteps, metadata=meta).to(device)
+    snn.runtime = runtime
     method.correct_snn(snn, calib, device)
     snn.set_dither(dither)
     return snn.eval()

@@ -12,12 +12,16 @@ kernel, which reads the input currents once and writes the outputs once.
 - Backward: recomputes the forward inside the kernel instead of storing the membrane and the
   spikes, so a BPTT pass keeps only the input currents of each spiking layer; gradients equal the
   eager ones within float rounding (the threshold gradient is summed in another order).
+- Populations of K members (``IFNeuron(population=K)``): the K members run inside the same
+  kernel, each reading the layer's input current (the eager neuron runs them on a K-fold copy
+  of the input as K times the batch); the forward writes their mean, the backward the sum of
+  their input gradients.
 
 Binary IF/LIF neurons with a :class:`~convertsnn.snn.surrogate.Surrogate` in ``bptt`` mode, or
 without gradients, use it (dithered ones too: their initial membrane is one more input);
 signed and burst neurons, ``bptr`` and custom surrogates (the adaptive attack) stay on the
-eager path. Compiling takes seconds per (T, surrogate,
-scalar/per-channel threshold) the first time in a process (TorchInductor caches on disk for
+eager path. Compiling takes seconds per (T, population, surrogate, scalar/per-channel
+threshold) the first time in a process (tens of seconds for a population's backward) (TorchInductor caches on disk for
 later ones) and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
 neuron takes over with a one-line warning (a backward pass already under way finishes with the
 same BPTT uncompiled).
@@ -30,25 +34,58 @@ import warnings
 
 import torch
 
+from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.surrogate import Surrogate, surrogate_derivative
 
 RUNTIMES = ("eager", "compiled")
-RECOMPILE_LIMIT = 64  # one compiled variant per (T, surrogate, threshold layout, direction)
+RECOMPILE_LIMIT = 64  # one variant per (T, population, surrogate, threshold layout, direction)
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of :data:`RUNTIMES`, else a one-line error."""
+    if runtime not in RUNTIMES:
+        raise ConvertSNNError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    return runtime
+
 
 _failure: str | None = None  # why compiling failed in this process (then everything is eager)
 
 
+def _initial_membranes(
+    seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor, population: int
+) -> list[torch.Tensor]:
+    """``u[0]`` of each member: ``v_init * theta`` for a single neuron, ``v_init[k] * theta``
+    for member k of a population (``v_init``: the K member offsets)."""
+    if population == 1:
+        return [torch.zeros_like(seq[0]) + v_init * theta]
+    return [torch.zeros_like(seq[0]) + v_init[k] * theta for k in range(population)]
+
+
+def member_mean(fired: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The mean of a population's member outputs, summed in member order then divided by K:
+    one fixed order for the eager and compiled neurons (``Tensor.mean`` sums in an order that
+    depends on the shape), so both give bit-identical outputs."""
+    total = fired[0]
+    for member in fired[1:]:
+        total = total + member
+    return total / len(fired) if len(fired) > 1 else total
+
+
 def _forward(seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor, leak: float,
-             reset_zero: bool) -> torch.Tensor:  # fmt: skip
-    """``theta * spikes`` ``[T, ...]`` of :func:`~convertsnn.snn.neurons.integrate_and_fire`."""
-    u = torch.zeros_like(seq[0]) + v_init * theta
+             reset_zero: bool, population: int = 1) -> torch.Tensor:  # fmt: skip
+    """``theta * spikes`` ``[T, ...]`` of :func:`~convertsnn.snn.neurons.integrate_and_fire`
+    (a population's member mean, every member reading the same input)."""
+    members = _initial_membranes(seq, theta, v_init, population)
     out = []
     for t in range(seq.shape[0]):
-        h = (u * leak if leak != 1.0 else u) + seq[t]
-        spike = h >= theta
-        fired = torch.where(spike, theta, 0.0)
-        u = torch.where(spike, 0.0, h) if reset_zero else h - fired
-        out.append(fired)
+        fired_members = []
+        for k, u in enumerate(members):
+            h = (u * leak if leak != 1.0 else u) + seq[t]
+            spike = h >= theta
+            fired = torch.where(spike, theta, 0.0)
+            members[k] = torch.where(spike, 0.0, h) if reset_zero else h - fired
+            fired_members.append(fired)
+        out.append(member_mean(fired_members))
     return torch.stack(out)
 
 
@@ -64,10 +101,15 @@ def _backward(
     absolute: bool,
     detach_reset: bool,
     need_theta: bool,
+    population: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Input (and threshold) gradients of :func:`_forward`: the BPTT of
-    :class:`~convertsnn.snn.neurons._IFDynamics`, recomputing the membrane from ``seq``."""
-    u = torch.zeros_like(seq[0]) + v_init * theta
+    :class:`~convertsnn.snn.neurons._IFDynamics`, recomputing the membrane from ``seq``. A
+    population's K members run along a leading dimension ``[K, B, C, R]`` (one neuron: K = 1),
+    each getting ``grad_out / K``; their input gradients are summed. (Unrolled member by member,
+    as the forward is, the backward took several times longer to compile and ran no faster.)"""
+    offsets = v_init if population == 1 else v_init.view(-1, 1, 1, 1)
+    u = seq.new_zeros((population, *seq.shape[1:])) + offsets * theta
     membrane, spikes = [], []
     for t in range(seq.shape[0]):
         h = (u * leak if leak != 1.0 else u) + seq[t]
@@ -75,11 +117,12 @@ def _backward(
         u = torch.where(spike, 0.0, h) if reset_zero else h - torch.where(spike, theta, 0.0)
         membrane.append(h)
         spikes.append(spike)
-    gu = torch.zeros_like(seq[0])
-    grad_in = [gu] * seq.shape[0]
-    grad_theta = torch.zeros_like(seq[0])
+    gu = torch.zeros_like(u)
+    grad_in = [seq[0]] * seq.shape[0]
+    grad_theta = torch.zeros_like(u)
     for t in range(seq.shape[0] - 1, -1, -1):
-        h, go, spike = membrane[t], grad_out[t], spikes[t]
+        h, spike = membrane[t], spikes[t]
+        go = grad_out[t] if population == 1 else grad_out[t] / population
         x = h - theta
         sg = surrogate_derivative(family, x if absolute else x / theta, g)
         sg = sg if absolute else sg / theta
@@ -95,11 +138,11 @@ def _backward(
             gh = gu + gssg
             if need_theta:
                 grad_theta = grad_theta + torch.where(spike, d, 0.0) - gssg
-        grad_in[t] = gh
+        grad_in[t] = gh[0] if population == 1 else gh.sum(0)
         gu = gh * leak if leak != 1.0 else gh
     if not need_theta:
         return torch.stack(grad_in), None
-    return torch.stack(grad_in), (grad_theta + v_init * gu).sum_to_size(theta.shape)
+    return torch.stack(grad_in), (grad_theta + offsets * gu).sum_to_size(theta.shape)
 
 
 _compiled: dict[str, object] = {}
@@ -120,15 +163,17 @@ def _kernel(name: str):
 
 
 def _fold(
-    seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor
+    seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor, population: int
 ) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
     """``[T, B, C, ...]`` as ``[T, B, C, R]``, the threshold as ``[C, 1]`` (or ``[1, 1]``) and a
-    per-input initial membrane ``[B, C, ...]`` (dithered neurons) as ``[B, C, R]`` (a float stays
-    as it is), so that one compiled kernel serves every layer shape."""
+    per-input initial membrane ``[B, C, ...]`` (dithered neurons) as ``[B, C, R]`` (a float and
+    a population's K member offsets stay as they are), so that one compiled kernel serves every
+    layer shape."""
     steps, batch = seq.shape[:2]
     channels = seq.shape[2] if seq.dim() > 2 else 1
     seq4 = seq.reshape(steps, batch, channels, -1)
-    v_init = v_init if isinstance(v_init, float) else v_init.reshape(seq4.shape[1:])
+    if not isinstance(v_init, float) and population == 1:
+        v_init = v_init.reshape(seq4.shape[1:])
     return seq4, theta.reshape(-1, 1), v_init
 
 
@@ -137,22 +182,22 @@ class _CompiledIFDynamics(torch.autograd.Function):
     input currents."""
 
     @staticmethod
-    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate):  # type: ignore[override]
-        seq4, theta2, v_init = _fold(seq, theta, v_init)
-        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero)
+    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate, population):  # type: ignore[override]
+        seq4, theta2, v_init = _fold(seq, theta, v_init, population)
+        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
         ctx.save_for_backward(seq4, theta2)
-        ctx.settings = (v_init, leak, reset_zero, surrogate)
+        ctx.settings = (v_init, leak, reset_zero, surrogate, population)
         ctx.shapes = (seq.shape, theta.shape)
         return out.view(seq.shape)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         seq4, theta2 = ctx.saved_tensors
-        v_init, leak, reset_zero, surrogate = ctx.settings
+        v_init, leak, reset_zero, surrogate, population = ctx.settings
         seq_shape, theta_shape = ctx.shapes
         args = (seq4, theta2, grad_out.reshape(seq4.shape), v_init, leak, reset_zero,
                 surrogate.family, surrogate.g, surrogate.absolute, surrogate.detach_reset,
-                ctx.needs_input_grad[1])  # fmt: skip
+                ctx.needs_input_grad[1], population)  # fmt: skip
         try:
             grad_in, grad_theta = _kernel("backward")(*args)
         except Exception as error:  # the same BPTT, uncompiled (slower, same numbers)
@@ -160,7 +205,7 @@ class _CompiledIFDynamics(torch.autograd.Function):
             grad_in, grad_theta = _backward(*args)
         if grad_theta is not None:
             grad_theta = grad_theta.view(theta_shape)
-        return grad_in.view(seq_shape), grad_theta, None, None, None, None
+        return grad_in.view(seq_shape), grad_theta, None, None, None, None, None
 
 
 def _give_up(error: Exception) -> None:
@@ -183,17 +228,22 @@ def compiled_dynamics(
     v_init: float | torch.Tensor,
     surrogate: Surrogate,
     needs_grad: bool,
+    population: int = 1,
 ) -> torch.Tensor | None:
     """``theta * spikes`` ``[T, B, ...]`` by the compiled kernels (with the surrogate BPTT when
     ``needs_grad``), or None when compiling failed in this process (use the eager neuron).
-    ``v_init``: a float, or one value per input and neuron ``[B, ...]`` (dithered neurons)."""
+    ``v_init``: a float, or one value per input and neuron ``[B, ...]`` (dithered neurons), or
+    for a ``population`` of K members their K initial membranes ``[K]``: then the output is the
+    members' mean, each member reading ``seq`` (no K-fold copy of the input)."""
     if _failure is not None:
         return None
     try:
         if needs_grad:
-            return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate)
-        seq4, theta2, v_init = _fold(seq, theta, v_init)
-        return _kernel("forward")(seq4, theta2, v_init, leak, reset_zero).view(seq.shape)
+            return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate,
+                                             population)  # fmt: skip
+        seq4, theta2, v_init = _fold(seq, theta, v_init, population)
+        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
+        return out.view(seq.shape)
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)
         return None

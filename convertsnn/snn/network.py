@@ -28,7 +28,7 @@ from torch import nn
 
 from convertsnn.errors import ConvertSNNError, InputRangeWarning
 from convertsnn.snn.checkpointing import checkpointed_body
-from convertsnn.snn.compiled import RUNTIMES
+from convertsnn.snn.compiled import check_runtime
 from convertsnn.snn.encoding import Encoder, parse_encoder
 from convertsnn.snn.neurons import GRADIENT_MODES, IFNeuron, check_dither
 from convertsnn.snn.pooling import SpikingMaxPool2d
@@ -252,8 +252,7 @@ class SpikingNetwork(nn.Module):
 
     @runtime.setter
     def runtime(self, value: str) -> None:
-        if value not in RUNTIMES:
-            raise ConvertSNNError(f"unknown runtime '{value}'; choose one of {', '.join(RUNTIMES)}")
+        check_runtime(value)
         for neuron in self.neurons():
             neuron.runtime = value
 

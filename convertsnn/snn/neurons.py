@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from convertsnn.errors import ConvertSNNError
-from convertsnn.snn.compiled import compiled_dynamics
+from convertsnn.snn.compiled import compiled_dynamics, member_mean
 from convertsnn.snn.surrogate import Surrogate, parse_surrogate
 
 GRADIENT_MODES = ("bptt", "bptr", "ann")
@@ -211,31 +211,43 @@ class IFNeuron(nn.Module):
         over its members), same shape."""
         if self.gradient_mode == "ann":
             return torch.relu(x)
-        seq = unfold_time(x, self.timesteps)
-        if self.population > 1:
-            seq = self.members(seq)
-        out = self._dynamics(seq, self._theta(x.dim()))
-        if self.population > 1:
-            out = out.view(out.shape[0], self.population, -1, *out.shape[2:]).mean(1)
-        return out.flatten(0, 1)
+        return self._dynamics(unfold_time(x, self.timesteps), self._theta(x.dim())).flatten(0, 1)
 
     def _dynamics(self, seq: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """``theta * spikes`` ``[T, B, ...]`` for the input currents ``seq`` ``[T, B, ...]``,
-        by the fastest path that gives the gradient the gradient mode asks for."""
-        v_init = self.initial_membrane(seq)
-        if self.gradient_mode == "bptr":
-            return _RateBackprop.apply(seq, theta, self, v_init)
+        """``theta * spikes`` ``[T, B, ...]`` (a population's member mean) for the input
+        currents ``seq`` ``[T, B, ...]``, by the fastest path that gives the gradient the
+        gradient mode asks for."""
         needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
-        settings = (self.leak, self.reset == "zero", v_init)
         if (
             self.runtime == "compiled"
+            and self.gradient_mode == "bptt"
             and self.burst == 1
             and not self.signed
             and isinstance(self.surrogate, Surrogate)
-        ):
-            out = compiled_dynamics(seq, theta, *settings, self.surrogate, needs_grad)
+        ):  # a population's members read seq in the kernel (no K-fold copy)
+            v_init = (
+                member_offsets(self.population, seq.dtype, seq.device)
+                if self.population > 1
+                else self.initial_membrane(seq)
+            )
+            out = compiled_dynamics(seq, theta, self.leak, self.reset == "zero", v_init,
+                                    self.surrogate, needs_grad, self.population)  # fmt: skip
             if out is not None:
                 return out
+        if self.population == 1:
+            return self._member_dynamics(seq, theta, needs_grad)
+        out = self._member_dynamics(self.members(seq), theta, needs_grad)
+        return member_mean(out.view(out.shape[0], self.population, -1, *out.shape[2:]).unbind(1))
+
+    def _member_dynamics(
+        self, seq: torch.Tensor, theta: torch.Tensor, needs_grad: bool
+    ) -> torch.Tensor:
+        """``theta * spikes`` ``[T, B, ...]`` of every neuron (a population's members as
+        batch rows, :meth:`members`), by the eager paths."""
+        v_init = self.initial_membrane(seq)
+        if self.gradient_mode == "bptr":
+            return _RateBackprop.apply(seq, theta, self, v_init)
+        settings = (self.leak, self.reset == "zero", v_init)
         if not needs_grad and (self.signed or isinstance(self.surrogate, Surrogate)):
             out, _, _ = integrate_and_fire(
                 seq, theta, *settings, signed=self.signed, burst=self.burst

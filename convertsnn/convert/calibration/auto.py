@@ -100,6 +100,7 @@ class Auto(CalibrationMethod):
             body = replace_activations(body, thresholds, **settings)
             candidate = SpikingNetwork(body, snn.timesteps, metadata=copy.deepcopy(snn.metadata))
             candidate.to(device)
+            candidate.runtime = snn.runtime
             method.correct_snn(candidate, fit, device)
             score = agreement(candidate.eval(), x, reference, device)
             scores[str(method)] = score
