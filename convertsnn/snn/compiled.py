@@ -105,11 +105,13 @@ def _backward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Input (and threshold) gradients of :func:`_forward`: the BPTT of
     :class:`~convertsnn.snn.neurons._IFDynamics`, recomputing the membrane from ``seq``. A
-    population's K members run along a leading dimension ``[K, B, C, R]`` (one neuron: K = 1),
-    each getting ``grad_out / K``; their input gradients are summed. (Unrolled member by member,
-    as the forward is, the backward took several times longer to compile and ran no faster.)"""
+    population's K members run along a leading dimension ``[K, B, C, R]``, each getting
+    ``grad_out / K``; their input gradients are summed. (Unrolled member by member, as the
+    forward is, it took six times longer to compile at K = 8 and was 8-12 % faster at K = 4,
+    slower at K = 8: benchmarks/results/speed_t8_b64_population*_unrolled_backward.md.)"""
     offsets = v_init if population == 1 else v_init.view(-1, 1, 1, 1)
-    u = seq.new_zeros((population, *seq.shape[1:])) + offsets * theta
+    members = () if population == 1 else (population,)
+    u = seq.new_zeros((*members, *seq.shape[1:])) + offsets * theta
     membrane, spikes = [], []
     for t in range(seq.shape[0]):
         h = (u * leak if leak != 1.0 else u) + seq[t]
@@ -138,7 +140,7 @@ def _backward(
             gh = gu + gssg
             if need_theta:
                 grad_theta = grad_theta + torch.where(spike, d, 0.0) - gssg
-        grad_in[t] = gh[0] if population == 1 else gh.sum(0)
+        grad_in[t] = gh if population == 1 else gh.sum(0)
         gu = gh * leak if leak != 1.0 else gh
     if not need_theta:
         return torch.stack(grad_in), None
