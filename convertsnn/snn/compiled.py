@@ -21,8 +21,9 @@ Binary IF/LIF neurons with a :class:`~convertsnn.snn.surrogate.Surrogate` in ``b
 without gradients, use it (dithered ones too: their initial membrane is one more input);
 signed and burst neurons, ``bptr`` and custom surrogates (the adaptive attack) stay on the
 eager path. Compiling takes seconds per (T, population, surrogate, scalar/per-channel
-threshold) the first time in a process (tens of seconds for a population's backward) (TorchInductor caches on disk for
-later ones) and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
+threshold) the first time in a process (a population's forward, whose members are unrolled,
+longer: about 0.1-0.2 s per member and step; TorchInductor caches on disk for later ones)
+and needs a C++ compiler on CPU (Triton on CUDA); if compiling fails, the eager
 neuron takes over with a one-line warning (a backward pass already under way finishes with the
 same BPTT uncompiled).
 """
