@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = [
     *sorted((ROOT / "recipes").glob("*/*.yaml")),
     ROOT / "recipes" / "robust_conversion.yaml",
+    ROOT / "recipes" / "robust_rslad_dither.yaml",
     ROOT / "recipes" / "robust_dither.yaml",
 ]
 CONFIGS = {"train": TrainConfig, "finetune": FinetuneConfig}
