@@ -41,6 +41,7 @@ import torch
 from fidelity_cifar10 import normalized, pad_shortcuts_as_convs, pooling_as_modules, prefix_accuracy
 from torch.utils.data import DataLoader
 
+from convertsnn.allocator import keep_freed_memory
 from convertsnn.convert import convert, prepare_ann
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
@@ -100,7 +101,7 @@ def run(args) -> dict:
                 start = time.process_time()
                 data = None if spec.startswith(DATA_FREE) else calib
                 snn = convert(ann, data, t, spec, signed=args.signed_spikes, burst=args.burst,
-                              population=args.population,
+                              population=args.population, runtime=args.runtime,
                               metadata={"input_size": list(preprocessing.input_size)})  # fmt: skip
                 row["convert_cpu_seconds"][str(t)] = time.process_time() - start
                 row["accuracy"][str(t)] = accuracy(snn, test)
@@ -331,7 +332,22 @@ def main() -> None:
         help="populations of K binary neurons per unit, a hardware-cost variant "
         "(default --out: ..._populationK)",
     )
+    parser.add_argument(
+        "--runtime",
+        default="eager",
+        choices=("eager", "compiled"),
+        help="the neurons' runtime for conversion and test (the same SNN and accuracy; compiled "
+        "is faster for populations)",
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="tell glibc to keep freed memory, as the command line does (convertsnn/allocator.py; "
+        "about 2x faster conversion here)",
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc (and no MALLOC_*_ variables set)")
     check_burst(args.burst, signed=args.signed_spikes)
     check_population(args.population, signed=args.signed_spikes, burst=args.burst)
     results = ROOT / "benchmarks/results"
