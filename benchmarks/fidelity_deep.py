@@ -46,6 +46,7 @@ from convertsnn.convert import convert, prepare_ann
 from convertsnn.data import load_dataset
 from convertsnn.eval.report import format_table, write_json
 from convertsnn.importers import Preprocessing, load_ann
+from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.neurons import check_burst, check_population
 from convertsnn.snn.serialize import atomic_write
 
@@ -335,7 +336,7 @@ def main() -> None:
     parser.add_argument(
         "--runtime",
         default="eager",
-        choices=("eager", "compiled"),
+        choices=RUNTIMES,
         help="the neurons' runtime for conversion and test (the same SNN and accuracy; compiled "
         "is faster for populations)",
     )
