@@ -13,6 +13,7 @@ from convertsnn.convert.calibration.mse import best_threshold
 from convertsnn.convert.calibration.observers import ActivationObserver
 from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.errors import ConvertSNNError
+from convertsnn.eval.robustness import source_ann_view
 from convertsnn.importers import Preprocessing, save_ann
 from convertsnn.models import create_model
 from convertsnn.objectives.distill import frozen_source_ann
@@ -219,6 +220,38 @@ def test_bias_corrections_are_recorded_and_the_distillation_teacher_undoes_them(
         assert torch.allclose(teacher, model(data), atol=1e-4)
         with fixed.gradient("ann"):
             assert not torch.allclose(fixed(data), model(data), atol=1e-4)
+
+
+def test_weight_calibration_fits_each_feeding_layer_and_records_it(data):
+    model = trained_batchnorm(small_cnn(), data)
+    base = convert(model, loader(data), timesteps=3, calibration="biascal:percentile:99.9")
+    fitted = convert(model, loader(data), timesteps=3, calibration="wcal:biascal:percentile:99.9")
+    again = convert(model, loader(data), timesteps=3, calibration="wcal:biascal:percentile:99.9")
+    record = fitted.metadata["weight_calibration"]
+    assert set(record) == set(fitted.thresholds)  # both spiking layers are fed by a conv
+    assert all(r["mse_after"] <= r["mse_before"] for r in record.values())
+    assert any(r["mse_after"] < 0.99 * r["mse_before"] for r in record.values())
+    for name, r in record.items():
+        moved = (
+            fitted.body.get_submodule(r["layer"]).weight
+            - base.body.get_submodule(r["layer"]).weight
+        )
+        assert (moved.abs().max() > 0) == (r["mse_after"] < r["mse_before"])
+        assert torch.equal(fitted.thresholds[name], base.thresholds[name])
+    for mine, theirs in zip(fitted.parameters(), again.parameters(), strict=True):
+        assert torch.equal(mine, theirs)  # seeded: the same file every time
+
+
+def test_the_ann_row_and_the_teacher_are_the_source_ann_or_refused(data):
+    model = trained_batchnorm(small_cnn(), data)
+    shifted = convert(model, loader(data), timesteps=3, calibration="biascal:percentile:99.9")
+    with torch.no_grad():
+        assert torch.allclose(source_ann_view(shifted)(data), model(data), atol=1e-4)
+    fitted = convert(model, loader(data), timesteps=3, calibration="wcal:biascal:percentile:99.9")
+    with pytest.warns(UserWarning, match="no ANN row"):
+        assert source_ann_view(fitted) is None
+    with pytest.raises(ConvertSNNError, match="calibration wcal"):
+        frozen_source_ann(fitted)
 
 
 def test_bnstats_needs_no_data_and_matches_the_activation_scale(data):

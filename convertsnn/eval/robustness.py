@@ -1,7 +1,9 @@
 """Clean and adversarial accuracy of an SNN over timesteps, next to its source ANN.
 
 The ANN row is the SNN itself in ``ann`` gradient mode: the same weights with ReLU instead of
-spiking neurons, run for one step, i.e. the source ANN with BatchNorm folded.
+spiking neurons, run for one step, i.e. the source ANN with BatchNorm folded (on a copy with
+bias calibration's shifts taken back; a file whose weights were calibrated for spiking, ``wcal``,
+gets no ANN row).
 
 Two entry points: :func:`evaluate_over_timesteps` runs one attack per eps (a quick check, used
 in training loops and demos); :func:`evaluate_robustness` runs an attack suite per eps with
@@ -11,7 +13,9 @@ per-sample worst case, sanity checks, an optional AutoAttack cross-check and res
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,6 +30,7 @@ from convertsnn.attacks.base import Attack
 from convertsnn.attacks.ensemble import expected_correct, margins
 from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.eval.settings import EvalSettings, default_eot
+from convertsnn.objectives.distill import take_back_calibration
 from convertsnn.snn.network import SpikingNetwork
 
 AttackFactory = Callable[[nn.Module, float], Attack]
@@ -96,8 +101,8 @@ def _model_settings(
     original_t = snn.timesteps
 
     def items():
-        if include_ann:
-            yield "ANN", None, ModelInMode(snn, "ann")
+        if include_ann and (ann := source_ann_view(snn)) is not None:
+            yield "ANN", None, ann
         for steps in timesteps:
             snn.timesteps = steps
             with snn.gradient("bptt", surrogate):
@@ -107,6 +112,23 @@ def _model_settings(
         yield items()
     finally:
         snn.timesteps = original_t
+
+
+def source_ann_view(snn: SpikingNetwork) -> nn.Module | None:
+    """The source ANN to evaluate next to ``snn``: ``snn`` in ``ann`` mode, on a copy with bias
+    calibration's shifts taken back if it has any; None, with a warning, when its weights were
+    calibrated for spiking (no record leads back to the ANN)."""
+    if "weight_calibration" in snn.metadata:
+        warnings.warn(
+            "no ANN row: this SNN's weights were calibrated for its spiking neurons (calibration "
+            "wcal), so its ANN view is not the source ANN; a file converted without wcal gives it",
+            stacklevel=2,
+        )
+        return None
+    if snn.metadata.get("bias_corrections"):
+        snn = copy.deepcopy(snn)
+        take_back_calibration(snn)
+    return ModelInMode(snn, "ann")
 
 
 def evaluate_over_timesteps(

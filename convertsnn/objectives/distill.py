@@ -33,13 +33,26 @@ from convertsnn.snn.encoding import DirectEncoder
 from convertsnn.snn.network import SpikingNetwork
 
 
+def take_back_calibration(snn: SpikingNetwork) -> None:
+    """Give ``snn`` its source ANN's parameters again, in place: bias calibration's shifts
+    (``bias_corrections``) taken back. A file whose weights were calibrated for its spiking
+    neurons (``wcal``) keeps no record to take them back from and is refused."""
+    if "weight_calibration" in snn.metadata:
+        raise ConvertSNNError(
+            "this SNN's weights were calibrated for its spiking neurons (calibration wcal), so "
+            "its ANN view is not the source ANN; use the file converted without wcal instead "
+            "(e.g. as --teacher)"
+        )
+    for name, shift in snn.metadata.get("bias_corrections", {}).items():
+        bias = snn.body.get_submodule(name).bias
+        bias.data -= torch.tensor(shift, dtype=bias.dtype, device=bias.device)
+
+
 def frozen_source_ann(snn: SpikingNetwork) -> SpikingNetwork:
     """A frozen copy of ``snn`` in the ``ann`` gradient mode with the direct encoder, less the
-    bias corrections of bias calibration (which compensate spiking errors an ANN does not have)."""
+    corrections of calibration (which compensate spiking errors an ANN does not have)."""
     teacher = copy.deepcopy(snn)
-    for name, shift in snn.metadata.get("bias_corrections", {}).items():
-        bias = teacher.body.get_submodule(name).bias
-        bias.data -= torch.tensor(shift, dtype=bias.dtype, device=bias.device)
+    take_back_calibration(teacher)
     teacher.encoder = DirectEncoder()
     teacher.set_gradient("ann")
     teacher.eval()

@@ -16,6 +16,7 @@ from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     robust_scale,
     synthetic,
     threshold_balancing,
+    weight_calibration,
 )
 from convertsnn.convert.calibration.registry import (
     CalibrationMethod,

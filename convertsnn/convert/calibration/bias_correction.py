@@ -41,28 +41,36 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(x.shape[1], -1).mean(1) if x.dim() > 1 else x.mean().view(1)
 
 
-def bias_owner(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    """The layer whose bias adds straight into ``node``'s value: a conv/linear or affine
-    BatchNorm used only there, found through residual adds; None if there is none."""
+def feeding_layer(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The conv/linear or affine BatchNorm node whose output adds straight into ``node``'s
+    value, used only there, found through residual adds; None if there is none."""
     if len(node.users) != 1:
         return None
     if node.op == "call_function" and node.target in _ADDS:
         for arg in node.args:
-            if isinstance(arg, fx.Node) and (owner := bias_owner(gm, arg)) is not None:
-                return owner
+            if isinstance(arg, fx.Node) and (found := feeding_layer(gm, arg)) is not None:
+                return found
         return None
     if node.op != "call_module":
         return None
     module = gm.get_submodule(node.target)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-        if module.bias is None:
-            module.bias = nn.Parameter(
-                torch.zeros(module.weight.shape[0], device=module.weight.device)
-            )
-        return module
+        return node
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-        return module
+        return node
     return None
+
+
+def bias_owner(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The layer whose bias adds straight into ``node``'s value (:func:`feeding_layer`), given
+    a zero bias if it has none; None if there is none."""
+    found = feeding_layer(gm, node)
+    if found is None:
+        return None
+    module = gm.get_submodule(found.target)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and module.bias is None:
+        module.bias = nn.Parameter(torch.zeros(module.weight.shape[0], device=module.weight.device))
+    return module
 
 
 @register_calibration

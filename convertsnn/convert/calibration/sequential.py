@@ -43,10 +43,17 @@ def calibration_images(loader: DataLoader | None, limit: int) -> torch.Tensor:
 
 
 class _Interpreter(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, step: NeuronStep, progress: tqdm) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        step: NeuronStep,
+        progress: tqdm,
+        inputs: dict[str, torch.Tensor] | None,
+    ) -> None:
         super().__init__(gm)
         self.step = step
         self.progress = progress
+        self.inputs = inputs
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
@@ -54,6 +61,8 @@ class _Interpreter(fx.Interpreter):
             out = self.step(target, module, args[0])
             self.progress.update()
             return out
+        if self.inputs is not None and target in self.inputs:
+            self.inputs[target] = args[0]
         return super().call_module(target, args, kwargs)
 
 
@@ -64,9 +73,12 @@ def run_layer_by_layer(
     step: NeuronStep,
     device: torch.device,
     desc: str = "layer by layer",
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run ``snn`` for ``timesteps`` on ``images``, calling ``step`` at every neuron in graph
-    order (under ``torch.no_grad``); returns the logits ``[T, B, K]``."""
+    order (under ``torch.no_grad``); returns the logits ``[T, B, K]``. ``inputs``: modules whose
+    input the steps need; each key's value is set to the module's input ``[T*B, ...]`` when it
+    runs (the step may pop it)."""
     if not isinstance(snn.body, fx.GraphModule):
         raise ConvertSNNError("layer-by-layer calibration needs a converted (torch.fx) model")
     temporal = [m for m in snn.body.modules() if isinstance(m, (IFNeuron, SpikingMaxPool2d))]
@@ -76,5 +88,5 @@ def run_layer_by_layer(
     snn.eval().to(device)
     with torch.no_grad(), tqdm(total=neurons, desc=desc, leave=False) as progress:
         seq = snn.encoder(images.to(device), timesteps).flatten(0, 1)
-        out = _Interpreter(snn.body, step, progress).run(seq)
+        out = _Interpreter(snn.body, step, progress, inputs).run(seq)
     return out.view(timesteps, len(images), *out.shape[1:])
