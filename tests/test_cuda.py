@@ -64,6 +64,18 @@ def test_conversion_on_cuda_matches_the_cpu(files):
         torch.testing.assert_close(on_gpu.thresholds[name].cpu(), theta, rtol=0.02, atol=1e-4)
 
 
+def test_layer_by_layer_calibrations_run_on_cuda(files):
+    """Bias and weight calibration, the delayed readout: the methods that simulate the SNN."""
+    _, data = files
+    loader = DataLoader(load_dataset(str(data), "train"), batch_size=16)
+    snn = convert(tiny_ann(), loader, 4, calibration="delay:wcal:biascal:mse", device="cuda")
+    assert next(snn.parameters()).device.type == "cuda"
+    assert snn.metadata["weight_calibration"] and snn.metadata["bias_corrections"]
+    x, _ = next(iter(loader))
+    with torch.no_grad():
+        assert torch.isfinite(snn(x.cuda())).all()
+
+
 def test_convert_command_on_cuda(files, tmp_path):
     _, data = files
     onnx = tmp_path / "tiny.onnx"
