@@ -68,12 +68,19 @@ class WeightCalibration(OnTopOf):
 
     def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
         images = calibration_images(loader, self.images)
-        self.targets = clipped_activations(snn, images, device)
+        targets = clipped_activations(snn, images, device)
         self.base.correct_snn(snn, self.base_loader(loader), device)
-        self.calibrate_weights(snn, images, device)
+        self.calibrate_weights(snn, images, targets, device)
 
-    def calibrate_weights(self, snn, images: torch.Tensor, device: torch.device) -> None:
-        """Fit each spiking layer's feeding conv/linear, in graph order, for ``snn.timesteps``."""
+    def calibrate_weights(
+        self,
+        snn,
+        images: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        """Fit each spiking layer's feeding conv/linear, in graph order, for ``snn.timesteps``,
+        to ``targets`` (per neuron, the ANN's clipped activation on ``images``)."""
         graph_nodes = {n.target: n for n in snn.body.graph.nodes if n.op == "call_module"}
         feeders = {}
         for name, node in graph_nodes.items():
@@ -89,15 +96,17 @@ class WeightCalibration(OnTopOf):
         skipped = []
 
         def fit(name: str, neuron: IFNeuron, current: torch.Tensor) -> torch.Tensor:
-            target = self.targets.pop(name)
+            target = targets.pop(name)
             if name not in feeders:
                 skipped.append(name)
                 return neuron(current)
             module = snn.body.get_submodule(feeders[name])
             x = inputs.pop(feeders[name])  # kept no longer than needed
-            before, after = self.fit_layer(neuron, module, x, current, target, generator)
+            weight, bias, before, after = self.fit_layer(
+                neuron, module, x, current, target, generator
+            )
             changes[name] = {"layer": feeders[name], "mse_before": before, "mse_after": after}
-            return neuron(current + layer_delta(module, x, *self.deltas))
+            return neuron(current + layer_delta(module, x, weight, bias))
 
         run_layer_by_layer(
             snn, images, snn.timesteps, fit, device, desc="weight calibration", inputs=inputs
@@ -117,9 +126,9 @@ class WeightCalibration(OnTopOf):
         current: torch.Tensor,
         target: torch.Tensor,
         generator: torch.Generator,
-    ) -> tuple[float, float]:
-        """Adam on ``module``'s weight and bias changes; applies them to ``module``, keeps them
-        in ``self.deltas`` and returns the mean squared error before and after (all images)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """Adam on ``module``'s weight and bias changes; applies them to ``module`` and returns
+        them with the mean squared error before and after (all images)."""
         steps = neuron.timesteps
         count = len(target)
         xs = x.view(steps, count, *x.shape[1:])
@@ -163,5 +172,4 @@ class WeightCalibration(OnTopOf):
                 module.bias = nn.Parameter(bias.detach().clone())
             else:
                 module.bias += bias
-        self.deltas = (weight.detach(), bias.detach())
-        return before, after
+        return weight.detach(), bias.detach(), before, after
