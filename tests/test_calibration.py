@@ -240,6 +240,8 @@ def test_weight_calibration_fits_each_feeding_layer_and_records_it(data):
         assert torch.equal(fitted.thresholds[name], base.thresholds[name])
     for mine, theirs in zip(fitted.parameters(), again.parameters(), strict=True):
         assert torch.equal(mine, theirs)  # seeded: the same file every time
+    with pytest.raises(ConvertSNNError, match="burst neurons"):
+        convert(model, loader(data), timesteps=3, calibration="wcal:percentile:99.9", burst=2)
 
 
 def test_the_ann_row_and_the_teacher_are_the_source_ann_or_refused(data):

@@ -40,6 +40,7 @@ from convertsnn.convert.calibration.composed import OnTopOf
 from convertsnn.convert.calibration.offset import clipped_activations
 from convertsnn.convert.calibration.registry import register_calibration
 from convertsnn.convert.calibration.sequential import calibration_images, run_layer_by_layer
+from convertsnn.errors import ConvertSNNError
 from convertsnn.snn.neurons import IFNeuron
 
 
@@ -67,6 +68,11 @@ class WeightCalibration(OnTopOf):
     seed = 0
 
     def correct_snn(self, snn, loader: DataLoader | None, device: torch.device) -> None:
+        if any(neuron.burst > 1 for neuron in snn.neurons()):
+            raise ConvertSNNError(
+                "weight calibration fits outputs in [0, theta], but burst neurons reach K theta; "
+                "choose a calibration without wcal for --burst"
+            )
         images = calibration_images(loader, self.images)
         targets = clipped_activations(snn, images, device)
         self.base.correct_snn(snn, self.base_loader(loader), device)
