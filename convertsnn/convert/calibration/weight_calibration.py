@@ -23,7 +23,7 @@ without a conv) keep their parameters and are named in a warning.
 
 Spec: ``wcal`` (on top of ``biascal:mse``) or ``wcal:BASE`` with any other method as the base,
 e.g. ``delay:wcal:biascal:mse:scale=0.7``. Memory: the ANN activations of every layer for
-``images`` (256) images, plus the inputs and currents of one layer for ``images x T``.
+``images`` (512) images, plus the inputs and currents of one layer for ``images x T``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class WeightCalibration(OnTopOf):
     name = "wcal"
     default_base = "biascal:mse"
     depends_on_timesteps = True
-    images = 256
+    images = 512
     steps = 200
     batch = 32
     lr = 1e-3  # Adam step, relative to the layer's mean absolute weight
