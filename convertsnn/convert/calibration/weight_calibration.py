@@ -139,6 +139,7 @@ class WeightCalibration(OnTopOf):
         count = len(target)
         xs = x.view(steps, count, *x.shape[1:])
         currents = current.view(steps, count, *current.shape[1:])
+        target = target.to(x.device)  # once, not per step
         theta = neuron._theta(current.dim()).detach()
         weight = torch.zeros_like(module.weight, requires_grad=True)
         bias = torch.zeros(module.weight.shape[0], device=x.device, requires_grad=True)
@@ -156,7 +157,7 @@ class WeightCalibration(OnTopOf):
             )
             proxy = torch.minimum(mean_current.clamp(min=0), theta)
             estimate = rate + proxy - proxy.detach()
-            return (estimate - target[pick].to(x.device)).pow(2).mean()
+            return (estimate - target[pick]).pow(2).mean()
 
         everything = torch.arange(count)
         with torch.no_grad():
