@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check (one call on a CUDA machine, every part under a hard time limit):
 #   1. the CUDA-marked tests (tests/test_cuda.py: convert, finetune, every attack, gradient mode
-#      and suite, AutoAttack, certify, zoo, torchrun with NCCL, a run resumed across devices);
+#      and suite, AutoAttack, certify, zoo, torchrun with NCCL, a run resumed across devices, the
+#      compiled (Triton) neurons and the population pipeline);
 #   2. the speed table: ANN vs SNN forward / BPTT step / input-gradient step, T = 4, 8, 16,
-#      batch 64 and 256 (benchmarks/speed.py);
+#      batch 64 and 256, eager and compiled neurons (benchmarks/speed.py);
 #   3. the ResNet-20 distillation row at T=8 (benchmarks/fidelity_cifar10.py), with as many
 #      epochs as fit in the time left, estimated from part 2's BPTT step at batch 64.
 # Results, logs and the distillation run (its checkpoint, so a second call resumes it) go to OUT.
@@ -47,8 +48,8 @@ part tests 240 $PYTHON -m pytest -m cuda -p no:cacheprovider -v -rfE --durations
 
 SPEED=${GPU_CHECK_SPEED_JSON:-$OUT/speed.json}
 if [ -z "${GPU_CHECK_SPEED_JSON:-}" ]; then
-    part speed 100 $PYTHON benchmarks/speed.py --device cuda --timesteps 4,8,16 --batch 64,256 \
-        --rounds 5 --no-costs --data-dir "$DATA" --models-dir "$MODELS" --out "$OUT/speed"
+    part speed 150 $PYTHON benchmarks/speed.py --device cuda --timesteps 4,8,16 --batch 64,256 \
+        --rounds 5 --compiled --no-costs --data-dir "$DATA" --models-dir "$MODELS" --out "$OUT/speed"
 fi
 
 # Epochs of T=8 distillation that fit: 766 steps of batch 64 (49,000 training images), each a

@@ -18,7 +18,8 @@ batch, i.e. the SNN's convolutions without its neurons), interleaved, so slow ph
 shared machine hit all; the report gives the median and the min-max of the per-round ratios
 and the median absolute times. On CUDA every timing waits for the GPU
 (``torch.cuda.synchronize``). ``--population K`` makes every unit K binary IF neurons (the
-hardware-cost variant of ``convert --population``).
+hardware-cost variant of ``convert --population``); ``--channels-last`` puts every network, the
+ANN too, in the ``channels_last`` memory format.
 
 Then, unless ``--no-costs``: the peak memory of one BPTT step per T (``--memory-timesteps``, at
 the largest batch; ANN at the batch and at T x batch, SNN with ``memory`` full and checkpoint
@@ -42,6 +43,7 @@ import argparse
 import copy
 import ctypes
 import json
+import platform
 import statistics
 import subprocess
 import sys
@@ -211,6 +213,9 @@ def measure(args) -> dict:
     if args.spikingjelly:
         sides["spikingjelly"] = SpikingJellyNetwork(source_ann(args), calibration_images(args))
         sides["spikingjelly"].to(device)
+    if args.channels_last:  # every side, the ANN too: its ratios compare like with like
+        for model in sides.values():
+            model.to(memory_format=torch.channels_last)
     cases = [(t, b) for t in args.timesteps for b in args.batch]
     data = {b: inputs(args, b, device) for b in args.batch}
     times: dict[tuple, list[float]] = {}
@@ -344,7 +349,33 @@ def costs(args, snn: SpikingNetwork, device: torch.device) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu, {torch.get_num_threads()} thread(s)"
+    return f"cpu ({cpu_model()}), {torch.get_num_threads()} thread(s)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and cache sizes (Linux: /proc/cpuinfo, sysfs), else the platform's
+    word: the ratios to the ANN depend on the CPU (its cache decides what the folded batch of
+    T x batch images costs)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(
+            line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, size = (
+                (index / "level").read_text().strip(),
+                (index / "size").read_text().strip(),
+            )
+            kind = (index / "type").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches.append(f"L{level} {size}")
+    return ", ".join([name, *caches])
 
 
 def population_words(population: int) -> str:
@@ -371,7 +402,8 @@ def markdown(result: dict) -> str:
         f"mode (BN folded, one step); inputs: {result['config']['inputs']} CIFAR-10 images of "
         f"`{result['config']['data']}`. {result['config']['rounds']} interleaved rounds after a "
         f"warm-up round, {result['config']['repeats']} calls per timing"
-        f"{'; glibc keeps freed memory' if result['config']['keep_freed_memory'] else ''}. "
+        f"{'; glibc keeps freed memory' if result['config']['keep_freed_memory'] else ''}"
+        f"{'; every network channels_last' if result['config'].get('channels_last') else ''}. "
         "Ratio = SNN time / "
         "ANN time (median [min-max] over rounds); the dense limit is T.",
         "",
@@ -458,6 +490,8 @@ def main() -> None:
     parser.add_argument("--suite-images", type=int, default=16,
                         help="correctly classified test images for the suite-cost run")  # fmt: skip
     parser.add_argument("--suite-eps", type=float, default=1 / 255)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="every network (the ANN too) in the channels_last memory format")  # fmt: skip
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc keeps freed memory, as the command line sets it")  # fmt: skip
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one probe

@@ -111,6 +111,42 @@ def test_a_population_runs_in_one_kernel_with_the_eager_spikes(population, leak,
     assert compiled._failure is None, compiled._failure
 
 
+@needs_compiler
+@pytest.mark.parametrize(
+    ("population", "per_channel", "dither"), [(1, True, 0.0), (1, False, 0.25), (4, True, 0.0)]
+)
+def test_channels_last_inputs_run_compiled_without_a_copy(population, per_channel, dither):
+    """A ``channels_last`` feature map is read in place (channels innermost): the same outputs
+    and gradients as the eager neuron, returned in the same layout."""
+    torch.manual_seed(3)
+    steps, batch = 4, 3
+    theta = torch.tensor([0.6, 1.1, 0.9]) if per_channel else 0.8
+    x = (torch.randn(steps * batch, 3, 4, 5) * 0.8).to(memory_format=torch.channels_last)
+    weights = torch.randn_like(x)
+    seq = x.view(steps, batch, *x.shape[1:])
+    folded = compiled._fold(seq, torch.as_tensor(theta), 0.5, population)[0]
+    assert folded.data_ptr() == x.data_ptr() and folded.shape == (steps, batch, 20, 3)
+    results = []
+    for runtime in ("eager", "compiled"):
+        neuron = IFNeuron(threshold=theta, population=population, dither=dither)
+        neuron.timesteps, neuron.runtime = steps, runtime
+        torch.manual_seed(4)  # the same draws for dithered neurons
+        with torch.no_grad():
+            out = neuron(x)
+        xg = x.clone().requires_grad_(True)
+        torch.manual_seed(4)
+        (neuron(xg) * weights).sum().backward()
+        results.append((out, xg.grad, neuron.threshold.grad))
+    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = results
+    assert (out_e > 0).any() and (out_e == 0).any()
+    assert torch.equal(out_c, out_e)
+    assert out_c.is_contiguous(memory_format=torch.channels_last)
+    assert gx_c.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(gx_c, gx_e, atol=1e-5)
+    assert torch.allclose(gt_c, gt_e, atol=1e-4, rtol=1e-4)
+    assert compiled._failure is None, compiled._failure
+
+
 def test_frozen_threshold_gives_the_same_input_gradient():
     (eager, fused), x, weights = _pair(*CASES[0])
     grads = []
@@ -135,6 +171,32 @@ def test_network_runtime_switch(tiny_resnet, images):
         assert torch.equal(snn(images), eager)
     with pytest.raises(ConvertSNNError, match="unknown runtime 'jit'"):
         snn.runtime = "jit"
+
+
+@needs_compiler
+def test_a_channels_last_network_gives_the_same_logits_with_either_runtime(
+    tiny_resnet, images, tmp_path
+):
+    from convertsnn import convert, load_snn, save_snn
+
+    snn = convert(tiny_resnet, [(images, None)], timesteps=4, calibration="max").eval()
+    with torch.no_grad():
+        nchw = snn(images)
+    assert snn.layout == "nchw"
+    snn.layout = "channels_last"
+    assert snn.layout == "channels_last"
+    assert snn.body.get_submodule("conv1").weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        eager = snn(images)
+        snn.runtime = "compiled"
+        assert torch.equal(snn(images), eager)
+    assert torch.allclose(eager, nchw, atol=1e-4)  # the convolutions round differently
+    assert compiled._failure is None, compiled._failure
+    loaded = load_snn(save_snn(snn, tmp_path / "snn.safetensors"))
+    assert loaded.layout == "nchw"
+    assert all(torch.equal(v, snn.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(ConvertSNNError, match="unknown layout 'nhwc'; choose one of nchw"):
+        snn.layout = "nhwc"
 
 
 @needs_compiler
@@ -193,6 +255,16 @@ def test_evaluate_command_gives_the_same_numbers_with_either_runtime(tmp_path, m
         assert result.exit_code == 0, result.output
         rows[runtime] = [(r["clean"], r["robust"]) for r in json.loads(out.read_text())["rows"]]
     assert rows["compiled"] == rows["eager"]
+    out = tmp_path / "channels_last.json"
+    result = run_cli("evaluate", snn, "--data", mnist_sample, "--limit", 32, "--attack", "fgsm",
+                     "--eps", "0.1", "--runtime", "compiled", "--layout", "channels_last",
+                     "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    layout_rows = [(r["clean"], r["robust"]) for r in json.loads(out.read_text())["rows"]]
+    assert len(layout_rows) == len(rows["eager"])
+    for (clean, robust), (clean_e, robust_e) in zip(layout_rows, rows["eager"], strict=True):
+        assert abs(clean - clean_e) <= 1 / 32  # at most one image on the other side
+        assert all(abs(robust[k] - robust_e[k]) <= 1 / 32 for k in robust_e)
     result = run_cli("evaluate", snn, "--data", mnist_sample, "--runtime", "jit")
     assert_one_line_error(result, "'jit' is not one of 'eager', 'compiled'")
 

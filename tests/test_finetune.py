@@ -51,6 +51,7 @@ def quick(files, out_dir, **settings):
         (["--surrogate", "wobble"], "unknown surrogate 'wobble'"),
         (["--objective", "natural", "--regularizer", "mppd"], "natural training has none"),
         (["--memory", "tiny"], "unknown memory 'tiny'; choose one of full, checkpoint"),
+        (["--layout", "nhwc"], "unknown layout 'nhwc'; choose one of nchw, channels_last"),
     ],
 )
 def test_bad_settings_give_one_line_errors(files, tmp_path, flags, message):
@@ -174,6 +175,18 @@ def test_checkpointed_memory_trains_the_same_model(files, tmp_path):
     assert any(not torch.equal(before[k], full[k]) for k in full)
     for key, value in full.items():
         assert torch.allclose(checkpointed[key], value, atol=1e-5), key
+
+
+def test_channels_last_layout_trains_the_same_model(files, tmp_path):
+    """--layout channels_last changes where the numbers sit, not the run: weights within the
+    rounding of convolutions that add in another order; the files are saved in torch's layout."""
+    quick(files, tmp_path / "nchw", val_fraction=0, lr=0.05)
+    quick(files, tmp_path / "cl", val_fraction=0, lr=0.05, layout="channels_last")
+    nchw = load_snn(tmp_path / "nchw" / "last.safetensors")
+    last = load_snn(tmp_path / "cl" / "last.safetensors")
+    assert last.layout == "nchw"  # a file holds no layout
+    for key, value in nchw.state_dict().items():
+        assert torch.allclose(last.state_dict()[key], value, atol=1e-4), key
 
 
 def test_tensorboard_scalars_are_written(files, tmp_path):

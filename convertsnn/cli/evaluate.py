@@ -11,6 +11,7 @@ import click
 from convertsnn.attacks.transfer import load_source
 from convertsnn.cli.options import (
     device_option,
+    layout_option,
     parse_int_list,
     parse_number_list,
     resolve_device,
@@ -227,13 +228,14 @@ def _profile_report(folder, snn, x, y, model_file, data, batch_size) -> list[Pat
     help="State directory: progress is saved there and a rerun with the same settings resumes.",
 )
 @runtime_option
+@layout_option
 @device_option
 @click.pass_context
 def command(
     ctx, model_file, data, timesteps, dither, suite, attack, eps, norm, steps, alpha, restarts, loss,
     queries, targets, gradient, surrogate, eot, autoattack, autoattack_mode, sanity,
     attack_timesteps, ann, limit, data_dir, batch_size, seed, out, report, save_adversarial,
-    transfer_from, resume, runtime, device,
+    transfer_from, resume, runtime, layout, device,
 ) -> None:  # fmt: skip
     """Evaluate the SNN in MODEL_FILE (written by `convertsnn convert`, or zoo:NAME)."""
     import torch
@@ -268,6 +270,7 @@ def command(
     device = resolve_device(device)
     snn = load_snn(resolve_model_file(model_file), device)
     snn.runtime = runtime
+    snn.layout = layout
     if dither is not None:
         snn.set_dither(dither)
     ts = parse_int_list(timesteps, "--timesteps") if timesteps else [snn.timesteps]

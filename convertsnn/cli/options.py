@@ -9,6 +9,7 @@ from convertsnn.errors import ConvertSNNError
 from convertsnn.eval.report import write_json
 from convertsnn.numbers import parse_number, parse_number_list  # noqa: F401  (re-exported)
 from convertsnn.snn.compiled import RUNTIMES
+from convertsnn.snn.network import LAYOUTS
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -55,6 +56,17 @@ runtime_option = click.option(
     help="compiled runs each spiking layer's T steps as one torch.compile kernel per direction "
     "(same spikes, faster after seconds of compiling per kernel; needs a C++ compiler on CPU; "
     "docs/performance.md says when it pays).",
+)
+
+
+layout_option = click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="nchw",
+    show_default=True,
+    help="channels_last stores convolution weights and feature maps channels-last (about 1.15x "
+    "faster on CPU with --runtime compiled; convolutions round differently, so a spike may "
+    "rarely differ; docs/performance.md).",
 )
 
 

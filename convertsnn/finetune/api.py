@@ -52,6 +52,7 @@ def finetune(config: FinetuneConfig | dict | None = None, **settings) -> FitResu
             to_dlif(snn)
         snn.memory = config.memory
         snn.runtime = config.runtime
+        snn.layout = config.layout
         snn.set_gradient("bptt", config.surrogate)
         train_set, val_set = load_training_data(
             config.data, config.val_fraction, config.seed, config.data_dir,

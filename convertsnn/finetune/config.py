@@ -25,7 +25,7 @@ from convertsnn.objectives import get_objective, get_regularizer, objective_clas
 from convertsnn.objectives.attack_gradient import InnerGradient
 from convertsnn.snn.compiled import RUNTIMES
 from convertsnn.snn.encoding import parse_encoder
-from convertsnn.snn.network import MEMORY_MODES
+from convertsnn.snn.network import LAYOUTS, MEMORY_MODES
 from convertsnn.snn.neurons import check_dither
 from convertsnn.snn.surrogate import parse_surrogate
 
@@ -36,13 +36,14 @@ PARAMETER_SETS = ("all", "weights", "thresholds")
 NEURON_CHOICES = ("keep", "dlif")
 MEMORY_CHOICES = MEMORY_MODES
 RUNTIME_CHOICES = RUNTIMES
+LAYOUT_CHOICES = LAYOUTS
 SELECTIONS = ("pgd", "quick")
 
 # Fields that change how a run is carried out but not what it computes: a resumed run may
 # change them (a run directory may also be moved).
 RUNTIME_FIELDS = (
     "resume", "device", "progress", "tensorboard", "log_every", "checkpoint_every", "out_dir",
-    "memory", "runtime",
+    "memory", "runtime", "layout",
 )  # fmt: skip
 
 
@@ -199,7 +200,9 @@ class FinetuneConfig(RunConfig):
     ``weights`` or ``thresholds``. ``memory`` ``checkpoint`` recomputes each spiking layer in
     the backward pass instead of keeping its activations (see
     :mod:`convertsnn.snn.checkpointing`); ``runtime`` ``compiled`` runs the neurons as compiled
-    kernels (:mod:`convertsnn.snn.compiled`, same spikes). ``teacher``: an SNN file whose
+    kernels (:mod:`convertsnn.snn.compiled`, same spikes); ``layout`` ``channels_last`` stores
+    the convolutions' weights and feature maps channels-last (faster on CPU with the compiled
+    runtime, see ``SpikingNetwork.layout``). ``teacher``: an SNN file whose
     source ANN the ``distill`` and ``layer-distill`` regularizers and the ``ard``/``rslad``
     objectives learn from (default: the model's own, as loaded). ``attack_gradient``: the
     inner attack's gradient mode(s), comma-separated specs of
@@ -222,6 +225,7 @@ class FinetuneConfig(RunConfig):
     surrogate_scale: str = "threshold"
     memory: str = "full"
     runtime: str = "eager"
+    layout: str = "nchw"
     train: str = "all"
     threshold_lr_scale: float = 1.0
     attack_gradient: str = "native"
@@ -249,6 +253,7 @@ class FinetuneConfig(RunConfig):
         _choice("neuron", self.neuron, NEURON_CHOICES)
         _choice("memory", self.memory, MEMORY_CHOICES)
         _choice("runtime", self.runtime, RUNTIME_CHOICES)
+        _choice("layout", self.layout, LAYOUT_CHOICES)
         inner = InnerGradient(self.attack_gradient, self.attack_gradient_pick)
         if not inner.native and not objective_class(self.objective).gradient_attack:
             raise ConvertSNNError(

@@ -165,19 +165,46 @@ def _kernel(name: str):
     return _compiled[name]
 
 
+def _channels_last(seq: torch.Tensor) -> bool:
+    """Whether ``seq`` ``[T, B, C, H, W]`` holds each position's channels next to each other
+    (the layer's input is ``channels_last``)."""
+    return seq.dim() == 5 and seq.shape[2] > 1 and seq.stride(2) == 1 and not seq.is_contiguous()
+
+
 def _fold(
     seq: torch.Tensor, theta: torch.Tensor, v_init: float | torch.Tensor, population: int
 ) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
-    """``[T, B, C, ...]`` as ``[T, B, C, R]``, the threshold as ``[C, 1]`` (or ``[1, 1]``) and a
-    per-input initial membrane ``[B, C, ...]`` (dithered neurons) as ``[B, C, R]`` (a float and
-    a population's K member offsets stay as they are), so that one compiled kernel serves every
-    layer shape."""
+    """``[T, B, C, ...]`` as ``[T, B, C, R]`` (a ``channels_last`` feature map as ``[T, B, R, C]``,
+    a view as well), the threshold as ``[C, 1]`` (``[1, C]``; or ``[1, 1]``) and a per-input
+    initial membrane ``[B, C, ...]`` (dithered neurons) in the same layout as the inputs (a float
+    and a population's K member offsets stay as they are), so that one compiled kernel serves
+    every layer shape without copying its input."""
     steps, batch = seq.shape[:2]
     channels = seq.shape[2] if seq.dim() > 2 else 1
+    if _channels_last(seq):
+        seq4 = seq.permute(0, 1, 3, 4, 2).reshape(steps, batch, -1, channels)
+        if not isinstance(v_init, float) and population == 1:
+            v_init = v_init.permute(0, 2, 3, 1).reshape(seq4.shape[1:])
+        return seq4, theta.reshape(1, -1), v_init
     seq4 = seq.reshape(steps, batch, channels, -1)
     if not isinstance(v_init, float) and population == 1:
         v_init = v_init.reshape(seq4.shape[1:])
     return seq4, theta.reshape(-1, 1), v_init
+
+
+def _unfold(folded: torch.Tensor, shape: torch.Size, channels_last: bool) -> torch.Tensor:
+    """A tensor in :func:`_fold`'s layout back in the inputs' ``shape`` (and layout)."""
+    if channels_last:
+        steps, batch, channels, height, width = shape
+        return folded.view(steps, batch, height, width, channels).permute(0, 1, 4, 2, 3)
+    return folded.view(shape)
+
+
+def _fold_like(x: torch.Tensor, folded_shape: torch.Size, channels_last: bool) -> torch.Tensor:
+    """``x`` (shaped like the inputs, e.g. the outputs' gradient) in :func:`_fold`'s layout."""
+    if channels_last:
+        return x.permute(0, 1, 3, 4, 2).reshape(folded_shape)
+    return x.reshape(folded_shape)
 
 
 class _CompiledIFDynamics(torch.autograd.Function):
@@ -190,17 +217,18 @@ class _CompiledIFDynamics(torch.autograd.Function):
         out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
         ctx.save_for_backward(seq4, theta2)
         ctx.settings = (v_init, leak, reset_zero, surrogate, population)
-        ctx.shapes = (seq.shape, theta.shape)
-        return out.view(seq.shape)
+        ctx.layout = (seq.shape, _channels_last(seq), theta.shape)
+        return _unfold(out, *ctx.layout[:2])
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         seq4, theta2 = ctx.saved_tensors
         v_init, leak, reset_zero, surrogate, population = ctx.settings
-        seq_shape, theta_shape = ctx.shapes
-        args = (seq4, theta2, grad_out.reshape(seq4.shape), v_init, leak, reset_zero,
-                surrogate.family, surrogate.g, surrogate.absolute, surrogate.detach_reset,
-                ctx.needs_input_grad[1], population)  # fmt: skip
+        seq_shape, channels_last, theta_shape = ctx.layout
+        grad_out = _fold_like(grad_out, seq4.shape, channels_last)
+        args = (seq4, theta2, grad_out, v_init, leak, reset_zero, surrogate.family, surrogate.g,
+                surrogate.absolute, surrogate.detach_reset, ctx.needs_input_grad[1],
+                population)  # fmt: skip
         try:
             grad_in, grad_theta = _kernel("backward")(*args)
         except Exception as error:  # the same BPTT, uncompiled (slower, same numbers)
@@ -208,7 +236,7 @@ class _CompiledIFDynamics(torch.autograd.Function):
             grad_in, grad_theta = _backward(*args)
         if grad_theta is not None:
             grad_theta = grad_theta.view(theta_shape)
-        return grad_in.view(seq_shape), grad_theta, None, None, None, None, None
+        return _unfold(grad_in, seq_shape, channels_last), grad_theta, None, None, None, None, None
 
 
 def _give_up(error: Exception) -> None:
@@ -246,7 +274,7 @@ def compiled_dynamics(
                                              population)  # fmt: skip
         seq4, theta2, v_init = _fold(seq, theta, v_init, population)
         out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
-        return out.view(seq.shape)
+        return _unfold(out, seq.shape, _channels_last(seq))
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)
         return None
