@@ -81,6 +81,24 @@ def test_every_surrogate_family_has_the_eager_gradient(family):
     assert compiled._failure is None, compiled._failure
 
 
+def both_runtimes(x: torch.Tensor, weights: torch.Tensor, steps: int, **neuron_settings):
+    """``(outputs, input gradient, threshold gradient)`` of an eager and of a compiled
+    ``IFNeuron(**neuron_settings)`` on ``x`` (loss ``sum(out * weights)``), on ``x``'s device;
+    both draw the same random numbers (dithered neurons)."""
+    results = []
+    for runtime in ("eager", "compiled"):
+        neuron = IFNeuron(**neuron_settings).to(x.device)
+        neuron.timesteps, neuron.runtime = steps, runtime
+        torch.manual_seed(4)
+        with torch.no_grad():
+            out = neuron(x)
+        xg = x.clone().requires_grad_(True)
+        torch.manual_seed(4)
+        (neuron(xg) * weights).sum().backward()
+        results.append((out, xg.grad, neuron.threshold.grad))
+    return results
+
+
 @needs_compiler
 @pytest.mark.parametrize(
     ("population", "leak", "per_channel"), [(4, 1.0, True), (20, 0.9, False), (8, 1.0, False)]
@@ -93,17 +111,9 @@ def test_a_population_runs_in_one_kernel_with_the_eager_spikes(population, leak,
     steps, batch = 5, 3
     theta = torch.tensor([0.6, 1.1, 0.9]) if per_channel else 0.8
     x = torch.randn(steps * batch, 3, 4, 4) * 0.8
-    weights = torch.randn_like(x)
-    results = []
-    for runtime in ("eager", "compiled"):
-        neuron = IFNeuron(threshold=theta, leak=leak, population=population)
-        neuron.timesteps, neuron.runtime = steps, runtime
-        with torch.no_grad():
-            out = neuron(x)
-        xg = x.clone().requires_grad_(True)
-        (neuron(xg) * weights).sum().backward()
-        results.append((out, xg.grad, neuron.threshold.grad))
-    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = results
+    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = both_runtimes(
+        x, torch.randn_like(x), steps, threshold=theta, leak=leak, population=population
+    )
     assert len(out_e.unique()) > 3  # member means, not one neuron's 0 or theta
     assert torch.equal(out_c, out_e)
     assert torch.allclose(gx_c, gx_e, atol=1e-5)
@@ -126,18 +136,9 @@ def test_channels_last_inputs_run_compiled_without_a_copy(population, per_channe
     seq = x.view(steps, batch, *x.shape[1:])
     folded = compiled._fold(seq, torch.as_tensor(theta), 0.5, population)[0]
     assert folded.data_ptr() == x.data_ptr() and folded.shape == (steps, batch, 20, 3)
-    results = []
-    for runtime in ("eager", "compiled"):
-        neuron = IFNeuron(threshold=theta, population=population, dither=dither)
-        neuron.timesteps, neuron.runtime = steps, runtime
-        torch.manual_seed(4)  # the same draws for dithered neurons
-        with torch.no_grad():
-            out = neuron(x)
-        xg = x.clone().requires_grad_(True)
-        torch.manual_seed(4)
-        (neuron(xg) * weights).sum().backward()
-        results.append((out, xg.grad, neuron.threshold.grad))
-    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = results
+    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = both_runtimes(
+        x, weights, steps, threshold=theta, population=population, dither=dither
+    )
     assert (out_e > 0).any() and (out_e == 0).any()
     assert torch.equal(out_c, out_e)
     assert out_c.is_contiguous(memory_format=torch.channels_last)

@@ -23,10 +23,10 @@ from convertsnn.cli import main
 from convertsnn.data import load_dataset
 from convertsnn.finetune import finetune
 from convertsnn.snn import compiled
-from convertsnn.snn.neurons import IFNeuron
 from tests.cli_helpers import run_cli
 from tests.conftest import ASSETS
 from tests.finetune_helpers import separable_npz, tiny_ann, tiny_snn_file
+from tests.test_compiled_runtime import both_runtimes
 from tests.test_finetune_resume import KILLER, flags, settings
 
 pytestmark = [
@@ -100,18 +100,10 @@ def test_compiled_neurons_on_cuda_give_the_eager_spikes(population, leak, layout
     x = torch.randn(steps * batch, 4, 6, 6, device="cuda") * 0.8
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    weights = torch.randn_like(x)
-    results = []
-    for runtime in ("eager", "compiled"):
-        neuron = IFNeuron(threshold=torch.tensor([0.6, 1.1, 0.9, 0.7]), leak=leak,
-                          population=population).cuda()  # fmt: skip
-        neuron.timesteps, neuron.runtime = steps, runtime
-        with torch.no_grad():
-            out = neuron(x)
-        xg = x.clone().requires_grad_(True)
-        (neuron(xg) * weights).sum().backward()
-        results.append((out, xg.grad, neuron.threshold.grad))
-    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = results
+    theta = torch.tensor([0.6, 1.1, 0.9, 0.7])
+    (out_e, gx_e, gt_e), (out_c, gx_c, gt_c) = both_runtimes(
+        x, torch.randn_like(x), steps, threshold=theta, leak=leak, population=population
+    )
     assert (out_e > 0).any() and (out_e == 0).any()
     assert compiled._failure is None, compiled._failure  # Triton compiled it: no eager fallback
     assert torch.equal(out_c, out_e)
