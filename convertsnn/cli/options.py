@@ -64,9 +64,9 @@ layout_option = click.option(
     type=click.Choice(LAYOUTS),
     default="nchw",
     show_default=True,
-    help="channels_last stores convolution weights and feature maps channels-last (about 1.15x "
-    "faster on CPU with --runtime compiled; convolutions round differently, so a spike may "
-    "rarely differ; docs/performance.md).",
+    help="channels_last stores convolution weights and feature maps channels-last (1.15x faster "
+    "for the CPU ResNet-20 with --runtime compiled, not for every network; convolutions round "
+    "differently, so a spike may rarely differ; docs/performance.md).",
 )
 
 

@@ -261,7 +261,8 @@ class SpikingNetwork(nn.Module):
     def layout(self) -> str:
         """``"nchw"`` (torch's default) or ``"channels_last"``: the memory layout of the
         convolution weights, which the feature maps follow. On CPU ``channels_last`` ran the
-        compiled runtime about 1.15x faster (docs/performance.md); convolutions then add in
+        compiled ResNet-20 SNN about 1.15x faster and a ResNet-2B population no faster
+        (docs/performance.md); convolutions then add in
         another order, so a membrane may land on the other side of a threshold now and then. An
         execution choice, not saved in the file."""
         weights = [p for p in self.body.parameters() if p.dim() == 4]
