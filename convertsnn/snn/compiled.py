@@ -226,16 +226,24 @@ class _CompiledIFDynamics(torch.autograd.Function):
         v_init, leak, reset_zero, surrogate, population = ctx.settings
         seq_shape, channels_last, theta_shape = ctx.layout
         grad_out = _fold_like(grad_out, seq4.shape, channels_last)
-        args = (seq4, theta2, grad_out, v_init, leak, reset_zero, surrogate.family, surrogate.g,
-                surrogate.absolute, surrogate.detach_reset, ctx.needs_input_grad[1],
-                population)  # fmt: skip
+        need_theta = ctx.needs_input_grad[1]
+        # a per-channel threshold's gradient is reduced per channel: inside the kernel that
+        # split it into loop nests that store every step's state (3x slower); with the
+        # threshold given per element the kernel stays one loop and torch reduces after it
+        theta_in = (
+            theta2.expand(seq4.shape[1:]).contiguous()
+            if need_theta and theta2.numel() > 1
+            else theta2
+        )
+        args = (seq4, theta_in, grad_out, v_init, leak, reset_zero, surrogate.family, surrogate.g,
+                surrogate.absolute, surrogate.detach_reset, need_theta, population)  # fmt: skip
         try:
             grad_in, grad_theta = _kernel("backward")(*args)
         except Exception as error:  # the same BPTT, uncompiled (slower, same numbers)
             _give_up(error)
             grad_in, grad_theta = _backward(*args)
         if grad_theta is not None:
-            grad_theta = grad_theta.view(theta_shape)
+            grad_theta = grad_theta.sum_to_size(theta2.shape).view(theta_shape)
         return _unfold(grad_in, seq_shape, channels_last), grad_theta, None, None, None, None, None
 
 
