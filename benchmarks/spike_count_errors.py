@@ -41,6 +41,7 @@ from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.convert.calibration.offset import clipped_activations
 from convertsnn.convert.calibration.sequential import run_layer_by_layer
 from convertsnn.data import load_dataset
+from convertsnn.eval.robustness import accuracy
 from convertsnn.objectives.distill import take_back_calibration
 from convertsnn.snn.network import read_out
 from convertsnn.snn.neurons import IFNeuron
@@ -80,9 +81,8 @@ def layer_errors(neuron: IFNeuron, current: torch.Tensor, target: torch.Tensor) 
 
 
 def plain_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        predictions = torch.cat([model(batch).argmax(1) for batch in x.split(250)])
-    return (predictions == y).float().mean().item()
+    batches = list(zip(x.split(250), y.split(250), strict=True))
+    return accuracy(model, batches, torch.device("cpu"), progress=False)
 
 
 def markdown(document: dict) -> str:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     logits = run_layer_by_layer(snn, x, snn.timesteps, step, device, desc="spike counts")
-    accuracy = (read_out(logits, snn.readout_delay).argmax(1) == y).float().mean().item()
+    snn_accuracy = (read_out(logits, snn.readout_delay).argmax(1) == y).float().mean().item()
     with quantised_activations(snn, snn.timesteps):
         rounded = plain_accuracy(ModelInMode(snn, "ann"), x, y)
     with quantised_activations(reference, snn.timesteps):
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         "images": len(x),
         "timesteps": snn.timesteps,
         "readout": snn.readout,
-        "accuracy": accuracy,
+        "accuracy": snn_accuracy,
         "rounded_ann_accuracy": rounded,
         "rounded_source_ann_accuracy": rounded_source,
         "source_ann_accuracy": plain_accuracy(ModelInMode(reference, "ann"), x, y),

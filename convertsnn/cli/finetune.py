@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import click
 
-from convertsnn.cli.options import write_json_out
+from convertsnn.cli.options import LAYOUT_HELP, write_json_out
 from convertsnn.finetune import FinetuneConfig, FitResult, RunConfig, finetune, load_recipe
 from convertsnn.finetune.config import (
     AUGMENTATIONS,
@@ -179,10 +179,7 @@ def run_and_report(run: Callable[[], FitResult], what: str, json_out: str | None
 )  # fmt: skip
 @click.option(
     "--layout", type=str,
-    help=f"{' or '.join(LAYOUT_CHOICES)}: channels_last stores convolution weights and feature "
-    "maps channels-last (1.15x faster for the CPU ResNet-20 with --runtime compiled, not for "
-    "every network; convolutions round differently, so a spike may rarely differ)"
-    f"{_default(FinetuneConfig, 'layout')}.",
+    help=f"{' or '.join(LAYOUT_CHOICES)}: {LAYOUT_HELP}{_default(FinetuneConfig, 'layout')}.",
 )  # fmt: skip
 @click.option(
     "--train", "train", type=str,

@@ -59,14 +59,17 @@ runtime_option = click.option(
 )
 
 
+LAYOUT_HELP = (
+    "channels_last stores convolution weights and feature maps channels-last (1.15x faster for "
+    "the CPU ResNet-20 with --runtime compiled, not for every network; convolutions round "
+    "differently, so a spike may rarely differ; docs/performance.md)"
+)
 layout_option = click.option(
     "--layout",
     type=click.Choice(LAYOUTS),
     default="nchw",
     show_default=True,
-    help="channels_last stores convolution weights and feature maps channels-last (1.15x faster "
-    "for the CPU ResNet-20 with --runtime compiled, not for every network; convolutions round "
-    "differently, so a spike may rarely differ; docs/performance.md).",
+    help=f"{LAYOUT_HELP}.",
 )
 
 

@@ -179,17 +179,13 @@ def _fold(
     initial membrane ``[B, C, ...]`` (dithered neurons) in the same layout as the inputs (a float
     and a population's K member offsets stay as they are), so that one compiled kernel serves
     every layer shape without copying its input."""
-    steps, batch = seq.shape[:2]
-    channels = seq.shape[2] if seq.dim() > 2 else 1
-    if _channels_last(seq):
-        seq4 = seq.permute(0, 1, 3, 4, 2).reshape(steps, batch, -1, channels)
-        if not isinstance(v_init, float) and population == 1:
-            v_init = v_init.permute(0, 2, 3, 1).reshape(seq4.shape[1:])
-        return seq4, theta.reshape(1, -1), v_init
-    seq4 = seq.reshape(steps, batch, channels, -1)
+    channels_last = _channels_last(seq)
+    seq4 = _fold_like(seq, channels_last)
     if not isinstance(v_init, float) and population == 1:
+        if channels_last:
+            v_init = v_init.permute(0, 2, 3, 1)
         v_init = v_init.reshape(seq4.shape[1:])
-    return seq4, theta.reshape(-1, 1), v_init
+    return seq4, theta.reshape(1, -1) if channels_last else theta.reshape(-1, 1), v_init
 
 
 def _unfold(folded: torch.Tensor, shape: torch.Size, channels_last: bool) -> torch.Tensor:
@@ -200,11 +196,14 @@ def _unfold(folded: torch.Tensor, shape: torch.Size, channels_last: bool) -> tor
     return folded.view(shape)
 
 
-def _fold_like(x: torch.Tensor, folded_shape: torch.Size, channels_last: bool) -> torch.Tensor:
-    """``x`` (shaped like the inputs, e.g. the outputs' gradient) in :func:`_fold`'s layout."""
+def _fold_like(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` ``[T, B, C, ...]`` (the inputs, or the outputs' gradient) in :func:`_fold`'s layout:
+    ``[T, B, C, R]``, or ``[T, B, R, C]`` for a ``channels_last`` feature map."""
+    steps, batch = x.shape[:2]
+    channels = x.shape[2] if x.dim() > 2 else 1
     if channels_last:
-        return x.permute(0, 1, 3, 4, 2).reshape(folded_shape)
-    return x.reshape(folded_shape)
+        return x.permute(0, 1, 3, 4, 2).reshape(steps, batch, -1, channels)
+    return x.reshape(steps, batch, channels, -1)
 
 
 class _CompiledIFDynamics(torch.autograd.Function):
@@ -225,7 +224,7 @@ class _CompiledIFDynamics(torch.autograd.Function):
         seq4, theta2 = ctx.saved_tensors
         v_init, leak, reset_zero, surrogate, population = ctx.settings
         seq_shape, channels_last, theta_shape = ctx.layout
-        grad_out = _fold_like(grad_out, seq4.shape, channels_last)
+        grad_out = _fold_like(grad_out, channels_last)
         need_theta = ctx.needs_input_grad[1]
         # a per-channel threshold's gradient is reduced per channel: inside the kernel that
         # split it into loop nests that store every step's state (3x slower); with the
