@@ -11,6 +11,7 @@ from torch import nn
 
 from convertsnn.errors import ConvertSNNError
 from convertsnn.finetune import FinetuneConfig, TrainConfig, finetune, load_recipe
+from convertsnn.finetune import api as finetune_api
 from convertsnn.finetune.surrogate import surrogate_scale
 from convertsnn.importers import load_ann
 from convertsnn.snn.network import SpikingNetwork
@@ -177,11 +178,20 @@ def test_checkpointed_memory_trains_the_same_model(files, tmp_path):
         assert torch.allclose(checkpointed[key], value, atol=1e-5), key
 
 
-def test_channels_last_layout_trains_the_same_model(files, tmp_path):
-    """--layout channels_last changes where the numbers sit, not the run: weights within the
-    rounding of convolutions that add in another order; the files are saved in torch's layout."""
+def test_channels_last_layout_trains_the_same_model(files, tmp_path, monkeypatch):
+    """--layout channels_last changes where the numbers sit, not the run: the network trains in
+    that layout, to weights within the rounding of convolutions that add in another order; the
+    files are saved in torch's layout."""
+    layouts = []  # the network's layout whenever the run saves it
+    save = finetune_api.save_snn
+    monkeypatch.setattr(
+        finetune_api, "save_snn", lambda snn, path: (layouts.append(snn.layout), save(snn, path))
+    )
     quick(files, tmp_path / "nchw", val_fraction=0, lr=0.05)
+    assert layouts and set(layouts) == {"nchw"}
+    layouts.clear()
     quick(files, tmp_path / "cl", val_fraction=0, lr=0.05, layout="channels_last")
+    assert layouts and set(layouts) == {"channels_last"}
     nchw = load_snn(tmp_path / "nchw" / "last.safetensors")
     last = load_snn(tmp_path / "cl" / "last.safetensors")
     assert last.layout == "nchw"  # a file holds no layout
