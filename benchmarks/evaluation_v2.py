@@ -330,7 +330,13 @@ def main() -> None:
             rows[f"new {name}"] = (result.ensemble.correct > 0, time.perf_counter() - start)
             suites[f"new {name}"] = suite_details(result)
         if args.old_suites:
-            rows.update(old_suites(old_rev, args.snn, snn.timesteps, x, y, eps, args.old_suites))
+            try:
+                rows.update(
+                    old_suites(old_rev, args.snn, snn.timesteps, x, y, eps, args.old_suites)
+                )
+            except subprocess.CalledProcessError as error:  # e.g. a file the old code cannot read
+                reason = (error.stderr or "").strip().splitlines()[-1:] or ["no message"]
+                print(f"old suites skipped: revision {old_rev} could not run them ({reason[0]})")
         independent = IndependentSNN(args.snn, snn.timesteps)
         with torch.no_grad():
             agree = (independent(x).argmax(1) == snn(x).argmax(1)).float().mean().item()
