@@ -262,15 +262,16 @@ class SpikingNetwork(nn.Module):
         """``"nchw"`` (torch's default) or ``"channels_last"``: the memory layout of the
         convolution weights, which the feature maps follow. On CPU ``channels_last`` ran the
         compiled ResNet-20 SNN about 1.15x faster and a ResNet-2B population no faster
-        (docs/performance.md); convolutions then add in
-        another order, so a membrane may land on the other side of a threshold now and then. An
-        execution choice, not saved in the file."""
-        weights = [p for p in self.body.parameters() if p.dim() == 4]
-        in_channels_last = [
-            w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-            for w in weights
-        ]
-        return "channels_last" if any(in_channels_last) else "nchw"
+        (docs/performance.md); convolutions then add in another order, so a membrane may land
+        on the other side of a threshold now and then. An execution choice, not saved in the
+        file."""
+        channels_last = any(
+            w.dim() == 4
+            and w.is_contiguous(memory_format=torch.channels_last)
+            and not w.is_contiguous()
+            for w in self.body.parameters()
+        )
+        return "channels_last" if channels_last else "nchw"
 
     @layout.setter
     def layout(self, value: str) -> None:
