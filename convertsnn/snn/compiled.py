@@ -208,24 +208,30 @@ def _fold_like(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 class _CompiledIFDynamics(torch.autograd.Function):
     """:class:`~convertsnn.snn.neurons._IFDynamics` with compiled kernels; saves only the
-    input currents."""
+    input currents. It takes and returns the time-folded batch ``[T*B, ...]`` and takes its
+    ``[T, B, ...]`` views inside, where autograd does not record them, and its input gradient is
+    not a view: a gradient that is a view (or passes a recorded view's backward) keeps its base
+    alive, and where the layer's input also feeds a residual sum autograd then adds the two
+    gradients out of place, a full-tensor copy per block
+    (:meth:`torch.Tensor.detach` gives the same memory without the base)."""
 
     @staticmethod
-    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate, population):  # type: ignore[override]
+    def forward(ctx, x, steps, theta, leak, reset_zero, v_init, surrogate, population):  # type: ignore[override]
+        seq = x.view(steps, -1, *x.shape[1:])
         seq4, theta2, v_init = _fold(seq, theta, v_init, population)
         out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
         ctx.save_for_backward(seq4, theta2)
         ctx.settings = (v_init, leak, reset_zero, surrogate, population)
         ctx.layout = (seq.shape, _channels_last(seq), theta.shape)
-        return _unfold(out, *ctx.layout[:2])
+        return _unfold(out, *ctx.layout[:2]).flatten(0, 1)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         seq4, theta2 = ctx.saved_tensors
         v_init, leak, reset_zero, surrogate, population = ctx.settings
         seq_shape, channels_last, theta_shape = ctx.layout
-        grad_out = _fold_like(grad_out, channels_last)
-        need_theta = ctx.needs_input_grad[1]
+        grad_out = _fold_like(grad_out.view(seq_shape), channels_last)
+        need_theta = ctx.needs_input_grad[2]
         # a per-channel threshold's gradient is reduced per channel: inside the kernel that
         # split it into loop nests that store every step's state (3x slower); with the
         # threshold given per element the kernel stays one loop and torch reduces after it
@@ -243,7 +249,8 @@ class _CompiledIFDynamics(torch.autograd.Function):
             grad_in, grad_theta = _backward(*args)
         if grad_theta is not None:
             grad_theta = grad_theta.sum_to_size(theta2.shape).view(theta_shape)
-        return _unfold(grad_in, seq_shape, channels_last), grad_theta, None, None, None, None, None
+        grad_x = _unfold(grad_in, seq_shape, channels_last).flatten(0, 1).detach()
+        return grad_x, None, grad_theta, None, None, None, None, None
 
 
 def _give_up(error: Exception) -> None:
@@ -259,7 +266,8 @@ def _give_up(error: Exception) -> None:
 
 
 def compiled_dynamics(
-    seq: torch.Tensor,
+    x: torch.Tensor,
+    steps: int,
     theta: torch.Tensor,
     leak: float,
     reset_zero: bool,
@@ -268,20 +276,22 @@ def compiled_dynamics(
     needs_grad: bool,
     population: int = 1,
 ) -> torch.Tensor | None:
-    """``theta * spikes`` ``[T, B, ...]`` by the compiled kernels (with the surrogate BPTT when
-    ``needs_grad``), or None when compiling failed in this process (use the eager neuron).
-    ``v_init``: a float, or one value per input and neuron ``[B, ...]`` (dithered neurons), or
-    for a ``population`` of K members their K initial membranes ``[K]``: then the output is the
-    members' mean, each member reading ``seq`` (no K-fold copy of the input)."""
+    """``theta * spikes`` ``[T*B, ...]`` for the input currents ``x`` ``[T*B, ...]`` (``T =
+    steps``, time-major) by the compiled kernels (with the surrogate BPTT when ``needs_grad``),
+    or None when compiling failed in this process (use the eager neuron). ``v_init``: a float,
+    or one value per input and neuron ``[B, ...]`` (dithered neurons), or for a ``population`` of
+    K members their K initial membranes ``[K]``: then the output is the members' mean, each
+    member reading ``x`` (no K-fold copy of the input)."""
     if _failure is not None:
         return None
     try:
         if needs_grad:
-            return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate,
+            return _CompiledIFDynamics.apply(x, steps, theta, leak, reset_zero, v_init, surrogate,
                                              population)  # fmt: skip
+        seq = x.view(steps, -1, *x.shape[1:])
         seq4, theta2, v_init = _fold(seq, theta, v_init, population)
         out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
-        return _unfold(out, seq.shape, _channels_last(seq))
+        return _unfold(out, seq.shape, _channels_last(seq)).flatten(0, 1)
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)
         return None

@@ -208,36 +208,33 @@ class IFNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: input currents ``[T*B, ...]``; returns ``theta * spikes`` (a population's mean
-        over its members), same shape."""
+        over its members), same shape, by the fastest path that gives the gradient the gradient
+        mode asks for."""
         if self.gradient_mode == "ann":
             return torch.relu(x)
-        return self._dynamics(unfold_time(x, self.timesteps), self._theta(x.dim())).flatten(0, 1)
-
-    def _dynamics(self, seq: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """``theta * spikes`` ``[T, B, ...]`` (a population's member mean) for the input
-        currents ``seq`` ``[T, B, ...]``, by the fastest path that gives the gradient the
-        gradient mode asks for."""
-        needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
+        seq, theta = unfold_time(x, self.timesteps), self._theta(x.dim())
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad)
         if (
             self.runtime == "compiled"
             and self.gradient_mode == "bptt"
             and self.burst == 1
             and not self.signed
             and isinstance(self.surrogate, Surrogate)
-        ):  # a population's members read seq in the kernel (no K-fold copy)
+        ):  # a population's members read x in the kernel (no K-fold copy)
             v_init = (
-                member_offsets(self.population, seq.dtype, seq.device)
+                member_offsets(self.population, x.dtype, x.device)
                 if self.population > 1
                 else self.initial_membrane(seq)
             )
-            out = compiled_dynamics(seq, theta, self.leak, self.reset == "zero", v_init,
-                                    self.surrogate, needs_grad, self.population)  # fmt: skip
+            out = compiled_dynamics(x, self.timesteps, theta, self.leak, self.reset == "zero",
+                                    v_init, self.surrogate, needs_grad, self.population)  # fmt: skip
             if out is not None:
                 return out
         if self.population == 1:
-            return self._member_dynamics(seq, theta, needs_grad)
+            return self._member_dynamics(seq, theta, needs_grad).flatten(0, 1)
         out = self._member_dynamics(self.members(seq), theta, needs_grad)
-        return member_mean(out.view(out.shape[0], self.population, -1, *out.shape[2:]).unbind(1))
+        fired = out.view(out.shape[0], self.population, -1, *out.shape[2:]).unbind(1)
+        return member_mean(fired).flatten(0, 1)
 
     def _member_dynamics(
         self, seq: torch.Tensor, theta: torch.Tensor, needs_grad: bool
