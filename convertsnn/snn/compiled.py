@@ -206,24 +206,39 @@ def _fold_like(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.reshape(steps, batch, channels, -1)
 
 
+def _run_forward(
+    x: torch.Tensor,
+    steps: int,
+    theta: torch.Tensor,
+    leak: float,
+    reset_zero: bool,
+    v_init: float | torch.Tensor,
+    population: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float | torch.Tensor]:
+    """The forward kernel on the time-folded input currents ``x`` ``[T*B, ...]``: its output
+    ``[T*B, ...]``, then the ``[T, B, ...]`` view of ``x`` and the kernel's inputs (folded)."""
+    seq = x.view(steps, -1, *x.shape[1:])
+    seq4, theta2, v_init = _fold(seq, theta, v_init, population)
+    out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
+    return _unfold(out, seq.shape, _channels_last(seq)).flatten(0, 1), seq, seq4, theta2, v_init
+
+
 class _CompiledIFDynamics(torch.autograd.Function):
     """:class:`~convertsnn.snn.neurons._IFDynamics` with compiled kernels; saves only the
-    input currents. It takes and returns the time-folded batch ``[T*B, ...]`` and takes its
-    ``[T, B, ...]`` views inside, where autograd does not record them, and its input gradient is
-    not a view: a gradient that is a view (or passes a recorded view's backward) keeps its base
-    alive, and where the layer's input also feeds a residual sum autograd then adds the two
-    gradients out of place, a full-tensor copy per block
-    (:meth:`torch.Tensor.detach` gives the same memory without the base)."""
+    input currents. It takes and returns the time-folded batch ``[T*B, ...]``, taking its
+    ``[T, B, ...]`` views where autograd does not record them, and its input gradient is not a
+    view (``detach`` drops the base): a view keeps its base alive, so where a neuron's output
+    feeds both a convolution and a residual sum autograd would add their gradients out of
+    place, one more full-tensor add per block."""
 
     @staticmethod
     def forward(ctx, x, steps, theta, leak, reset_zero, v_init, surrogate, population):  # type: ignore[override]
-        seq = x.view(steps, -1, *x.shape[1:])
-        seq4, theta2, v_init = _fold(seq, theta, v_init, population)
-        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
+        out, seq, seq4, theta2, v_init = _run_forward(x, steps, theta, leak, reset_zero, v_init,
+                                                      population)  # fmt: skip
         ctx.save_for_backward(seq4, theta2)
         ctx.settings = (v_init, leak, reset_zero, surrogate, population)
         ctx.layout = (seq.shape, _channels_last(seq), theta.shape)
-        return _unfold(out, *ctx.layout[:2]).flatten(0, 1)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -288,10 +303,7 @@ def compiled_dynamics(
         if needs_grad:
             return _CompiledIFDynamics.apply(x, steps, theta, leak, reset_zero, v_init, surrogate,
                                              population)  # fmt: skip
-        seq = x.view(steps, -1, *x.shape[1:])
-        seq4, theta2, v_init = _fold(seq, theta, v_init, population)
-        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
-        return _unfold(out, seq.shape, _channels_last(seq)).flatten(0, 1)
+        return _run_forward(x, steps, theta, leak, reset_zero, v_init, population)[0]
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)
         return None
