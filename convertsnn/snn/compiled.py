@@ -206,47 +206,26 @@ def _fold_like(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.reshape(steps, batch, channels, -1)
 
 
-def _run_forward(
-    x: torch.Tensor,
-    steps: int,
-    theta: torch.Tensor,
-    leak: float,
-    reset_zero: bool,
-    v_init: float | torch.Tensor,
-    population: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float | torch.Tensor]:
-    """The forward kernel on the time-folded input currents ``x`` ``[T*B, ...]``: its output
-    ``[T*B, ...]``, then the ``[T, B, ...]`` view of ``x`` and the kernel's inputs (folded)."""
-    seq = x.view(steps, -1, *x.shape[1:])
-    seq4, theta2, v_init = _fold(seq, theta, v_init, population)
-    out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
-    return _unfold(out, seq.shape, _channels_last(seq)).flatten(0, 1), seq, seq4, theta2, v_init
-
-
 class _CompiledIFDynamics(torch.autograd.Function):
     """:class:`~convertsnn.snn.neurons._IFDynamics` with compiled kernels; saves only the
-    input currents. It takes and returns the time-folded batch ``[T*B, ...]``, taking its
-    ``[T, B, ...]`` views where autograd does not record them, and its input gradient is not a
-    view (``detach`` drops the base): a view keeps its base alive, so where a neuron's output
-    feeds both a convolution and a residual sum autograd would add their gradients out of
-    place, one more full-tensor add per block."""
+    input currents."""
 
     @staticmethod
-    def forward(ctx, x, steps, theta, leak, reset_zero, v_init, surrogate, population):  # type: ignore[override]
-        out, seq, seq4, theta2, v_init = _run_forward(x, steps, theta, leak, reset_zero, v_init,
-                                                      population)  # fmt: skip
+    def forward(ctx, seq, theta, leak, reset_zero, v_init, surrogate, population):  # type: ignore[override]
+        seq4, theta2, v_init = _fold(seq, theta, v_init, population)
+        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
         ctx.save_for_backward(seq4, theta2)
         ctx.settings = (v_init, leak, reset_zero, surrogate, population)
         ctx.layout = (seq.shape, _channels_last(seq), theta.shape)
-        return out
+        return _unfold(out, *ctx.layout[:2])
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         seq4, theta2 = ctx.saved_tensors
         v_init, leak, reset_zero, surrogate, population = ctx.settings
         seq_shape, channels_last, theta_shape = ctx.layout
-        grad_out = _fold_like(grad_out.view(seq_shape), channels_last)
-        need_theta = ctx.needs_input_grad[2]
+        grad_out = _fold_like(grad_out, channels_last)
+        need_theta = ctx.needs_input_grad[1]
         # a per-channel threshold's gradient is reduced per channel: inside the kernel that
         # split it into loop nests that store every step's state (3x slower); with the
         # threshold given per element the kernel stays one loop and torch reduces after it
@@ -264,8 +243,7 @@ class _CompiledIFDynamics(torch.autograd.Function):
             grad_in, grad_theta = _backward(*args)
         if grad_theta is not None:
             grad_theta = grad_theta.sum_to_size(theta2.shape).view(theta_shape)
-        grad_x = _unfold(grad_in, seq_shape, channels_last).flatten(0, 1).detach()
-        return grad_x, None, grad_theta, None, None, None, None, None
+        return _unfold(grad_in, seq_shape, channels_last), grad_theta, None, None, None, None, None
 
 
 def _give_up(error: Exception) -> None:
@@ -281,8 +259,7 @@ def _give_up(error: Exception) -> None:
 
 
 def compiled_dynamics(
-    x: torch.Tensor,
-    steps: int,
+    seq: torch.Tensor,
     theta: torch.Tensor,
     leak: float,
     reset_zero: bool,
@@ -291,19 +268,20 @@ def compiled_dynamics(
     needs_grad: bool,
     population: int = 1,
 ) -> torch.Tensor | None:
-    """``theta * spikes`` ``[T*B, ...]`` for the input currents ``x`` ``[T*B, ...]`` (``T =
-    steps``, time-major) by the compiled kernels (with the surrogate BPTT when ``needs_grad``),
-    or None when compiling failed in this process (use the eager neuron). ``v_init``: a float,
-    or one value per input and neuron ``[B, ...]`` (dithered neurons), or for a ``population`` of
-    K members their K initial membranes ``[K]``: then the output is the members' mean, each
-    member reading ``x`` (no K-fold copy of the input)."""
+    """``theta * spikes`` ``[T, B, ...]`` by the compiled kernels (with the surrogate BPTT when
+    ``needs_grad``), or None when compiling failed in this process (use the eager neuron).
+    ``v_init``: a float, or one value per input and neuron ``[B, ...]`` (dithered neurons), or
+    for a ``population`` of K members their K initial membranes ``[K]``: then the output is the
+    members' mean, each member reading ``seq`` (no K-fold copy of the input)."""
     if _failure is not None:
         return None
     try:
         if needs_grad:
-            return _CompiledIFDynamics.apply(x, steps, theta, leak, reset_zero, v_init, surrogate,
+            return _CompiledIFDynamics.apply(seq, theta, leak, reset_zero, v_init, surrogate,
                                              population)  # fmt: skip
-        return _run_forward(x, steps, theta, leak, reset_zero, v_init, population)[0]
+        seq4, theta2, v_init = _fold(seq, theta, v_init, population)
+        out = _kernel("forward")(seq4, theta2, v_init, leak, reset_zero, population)
+        return _unfold(out, seq.shape, _channels_last(seq))
     except Exception as error:  # no C++ compiler / Triton: the eager neuron computes the same
         _give_up(error)
         return None

@@ -80,7 +80,23 @@ def unfold_time(x: torch.Tensor, steps: int, layer: str = "neuron") -> torch.Ten
             f"{layer} got a batch of {x.shape[0]}, not a multiple of T={steps}; "
             "run it inside a SpikingNetwork"
         )
-    return x.view(steps, x.shape[0] // steps, *x.shape[1:])
+    return _TimeView.apply(x, steps)
+
+
+class _TimeView(torch.autograd.Function):
+    """``x`` ``[T*B, ...]`` viewed as ``[T, B, ...]``, whose backward hands ``x`` a gradient that
+    is not a view. Autograd's own view would pass back a view of the gradient of ``[T, B, ...]``,
+    which keeps that tensor alive, so where a layer's output feeds both a convolution and a
+    residual sum autograd could not add the two gradients in place: one more full-tensor add per
+    residual block (``detach`` gives the same memory without the base)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, steps: int) -> torch.Tensor:  # type: ignore[override]
+        return x.view(steps, x.shape[0] // steps, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad.flatten(0, 1).detach(), None
 
 
 class IFNeuron(nn.Module):
@@ -208,33 +224,36 @@ class IFNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: input currents ``[T*B, ...]``; returns ``theta * spikes`` (a population's mean
-        over its members), same shape, by the fastest path that gives the gradient the gradient
-        mode asks for."""
+        over its members), same shape."""
         if self.gradient_mode == "ann":
             return torch.relu(x)
-        seq, theta = unfold_time(x, self.timesteps), self._theta(x.dim())
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad)
+        return self._dynamics(unfold_time(x, self.timesteps), self._theta(x.dim())).flatten(0, 1)
+
+    def _dynamics(self, seq: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``theta * spikes`` ``[T, B, ...]`` (a population's member mean) for the input
+        currents ``seq`` ``[T, B, ...]``, by the fastest path that gives the gradient the
+        gradient mode asks for."""
+        needs_grad = torch.is_grad_enabled() and (seq.requires_grad or theta.requires_grad)
         if (
             self.runtime == "compiled"
             and self.gradient_mode == "bptt"
             and self.burst == 1
             and not self.signed
             and isinstance(self.surrogate, Surrogate)
-        ):  # a population's members read x in the kernel (no K-fold copy)
+        ):  # a population's members read seq in the kernel (no K-fold copy)
             v_init = (
-                member_offsets(self.population, x.dtype, x.device)
+                member_offsets(self.population, seq.dtype, seq.device)
                 if self.population > 1
                 else self.initial_membrane(seq)
             )
-            out = compiled_dynamics(x, self.timesteps, theta, self.leak, self.reset == "zero",
-                                    v_init, self.surrogate, needs_grad, self.population)  # fmt: skip
+            out = compiled_dynamics(seq, theta, self.leak, self.reset == "zero", v_init,
+                                    self.surrogate, needs_grad, self.population)  # fmt: skip
             if out is not None:
                 return out
         if self.population == 1:
-            return self._member_dynamics(seq, theta, needs_grad).flatten(0, 1)
+            return self._member_dynamics(seq, theta, needs_grad)
         out = self._member_dynamics(self.members(seq), theta, needs_grad)
-        fired = out.view(out.shape[0], self.population, -1, *out.shape[2:]).unbind(1)
-        return member_mean(fired).flatten(0, 1)
+        return member_mean(out.view(out.shape[0], self.population, -1, *out.shape[2:]).unbind(1))
 
     def _member_dynamics(
         self, seq: torch.Tensor, theta: torch.Tensor, needs_grad: bool
