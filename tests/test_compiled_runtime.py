@@ -190,6 +190,17 @@ def test_residual_gradients_are_added_in_place(runtime, channels_last):
     assert seen[0] is False
 
 
+def test_time_view_keeps_second_order_gradients():
+    """The ``[T*B] -> [T, B]`` view detaches its gradient only when the backward pass records no
+    graph: with ``create_graph=True`` gradients of gradients still reach the input."""
+    from convertsnn.snn.neurons import unfold_time
+
+    x = torch.randn(8, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad((unfold_time(x, 2) ** 3).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), x)
+    assert torch.allclose(second, 6 * x)
+
+
 def test_network_runtime_switch(tiny_resnet, images):
     from convertsnn import convert
 

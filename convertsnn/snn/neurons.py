@@ -88,7 +88,8 @@ class _TimeView(torch.autograd.Function):
     is not a view. Autograd's own view would pass back a view of the gradient of ``[T, B, ...]``,
     which keeps that tensor alive, so where a layer's output feeds both a convolution and a
     residual sum autograd could not add the two gradients in place: one more full-tensor add per
-    residual block (``detach`` gives the same memory without the base)."""
+    residual block (``detach`` gives the same memory without the base; not when the backward
+    pass itself records a graph, ``create_graph=True``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, steps: int) -> torch.Tensor:  # type: ignore[override]
@@ -96,7 +97,8 @@ class _TimeView(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad.flatten(0, 1).detach(), None
+        folded = grad.flatten(0, 1)
+        return (folded if torch.is_grad_enabled() else folded.detach()), None
 
 
 class IFNeuron(nn.Module):
