@@ -9,7 +9,7 @@ from convertsnn.cli import main
 from convertsnn.convert import convert, prepare_ann
 from convertsnn.convert.calibration import get_calibration, list_calibrations
 from convertsnn.convert.calibration.bias_correction import channel_mean
-from convertsnn.convert.calibration.mse import best_threshold
+from convertsnn.convert.calibration.mse import best_channel_thresholds, best_threshold
 from convertsnn.convert.calibration.observers import ActivationObserver
 from convertsnn.convert.calibration.qcfs import QCFSActivation
 from convertsnn.errors import ConvertSNNError
@@ -76,6 +76,7 @@ def test_registry_lists_every_method():
         ("qcfs:eps=2/0", "is not a number"),
         ("qcfs:eps=0.1,beta=2", "beta in [0, 1]"),
         ("mse:scale=0", "scale > 0"),
+        ("mse:channel=2", "channel 0 or 1"),
         ("qcfs:levels=4", "KEY one of L, epochs"),
         ("layerwise:scale=-1", "scale > 0"),
         ("channelwise:101", "percentile must be in"),
@@ -312,6 +313,34 @@ def test_mse_threshold_trades_clipping_for_resolution(data):
     for a, s in zip(short.thresholds.values(), scaled.thresholds.values(), strict=True):
         assert torch.allclose(s, 0.7 * a)
     assert str(get_calibration("mse:scale=0.7")) == "mse:grid=100,scale=0.7"
+
+
+def test_per_channel_mse_thresholds_search_each_channel(data):
+    """``best_channel_thresholds`` finds, channel by channel, ``best_threshold``'s choice on
+    that channel's positive values (zeros cost nothing at any threshold); ``mse:channel=1``
+    gives one threshold per channel, the layer's where a channel never fired."""
+    torch.manual_seed(0)
+    scales = torch.tensor([0.1, 1.0, 5.0])
+    values = (torch.randn(3, 4000) * scales[:, None]).clamp(min=0)
+    tops = values.amax(1)
+    found = best_channel_thresholds(values, tops, 4, 0.5, 100)
+    for c in range(3):
+        alone = best_threshold(values[c][values[c] > 0], tops[c].item(), 4, 0.5, 100)
+        assert found[c].item() == pytest.approx(alone)
+    assert found[0] < found[1] < found[2]
+
+    model = small_cnn().eval()
+    with torch.no_grad():  # channel 0 of the first layer never fires
+        model[1].bias[0] = -100.0
+    layer = convert(model, loader(data), timesteps=4, calibration="mse")
+    snn = convert(model, loader(data), timesteps=4, calibration="mse:channel=1")
+    scaled = convert(model, loader(data), timesteps=4, calibration="mse:channel=1,scale=0.7")
+    (first, second), (first_layer, _) = snn.thresholds.values(), layer.thresholds.values()
+    assert first.shape == (8,) and second.shape == (8,) and len(set(second.tolist())) > 1
+    assert first[0].item() == pytest.approx(first_layer.item())
+    for a, s in zip(snn.thresholds.values(), scaled.thresholds.values(), strict=True):
+        assert torch.allclose(s, 0.7 * a)
+    assert str(get_calibration("mse:channel=1")) == "mse:grid=100,channel=1"
 
 
 def test_quantised_activation_values():

@@ -55,7 +55,7 @@ def test_synthetic_calibrates_the_base_method_without_data(monkeypatch):
                   metadata={"input_size": [3, 12, 12]})  # fmt: skip
     assert (
         snn.metadata["conversion"]["calibration"]
-        == "synthetic:delay:biascal:mse:grid=100,scale=0.7"
+        == "synthetic:delay:biascal:mse:grid=100,scale=0.7,channel=1"
     )
     assert snn.metadata["readout_delay"]["images"] == synthetic.SyntheticImages.images
     assert snn.metadata["bias_corrections"]

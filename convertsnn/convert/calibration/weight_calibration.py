@@ -22,8 +22,9 @@ the targets would be computed with). Layers fed by something else (a max pool, a
 without a conv) keep their parameters and are named in a warning.
 
 Spec: ``wcal`` (on top of ``biascal:mse``) or ``wcal:BASE`` with any other method as the base,
-e.g. ``delay:wcal:biascal:mse:scale=0.7``. Memory: the ANN activations of every layer for
-``images`` (512) images, plus the inputs and currents of one layer for ``images x T``.
+e.g. ``delay:wcal:biascal:mse:channel=1,scale=0.7`` (per-channel thresholds: the best one-neuron
+method measured, docs/conversion.md). Memory: the ANN activations of every layer for ``images``
+(512) images, plus the inputs and currents of one layer for ``images x T``.
 """
 
 from __future__ import annotations
