@@ -64,6 +64,42 @@ def test_synthetic_calibrates_the_base_method_without_data(monkeypatch):
     assert get_calibration("synthetic:mse").base.name == "mse"
 
 
+def test_more_synthetic_images_come_in_batches_each_matched_on_its_own(monkeypatch):
+    monkeypatch.setattr(synthetic, "SYNTHESIS_BATCH", 8)
+    torch.manual_seed(1)
+    data = torch.rand(64, 3, 12, 12)
+    model = trained_batchnorm(small_cnn(), data)
+    method = get_calibration("synthetic:images=20,steps=10:mse")
+    assert (method.images, method.steps, method.base.name) == (20, 10, "mse")
+    method.input_size = (3, 12, 12)
+    gm = prepare_ann(model).eval()
+    method.prepare_ann(gm, None, torch.device("cpu"))
+    x = torch.cat([images for images, _ in method.batches])
+    assert x.shape == (20, 3, 12, 12)
+    cpu = torch.device("cpu")
+    first = synthesise_images(gm, (3, 12, 12), 8, 10, method.lr, cpu, seed=0)
+    last = synthesise_images(gm, (3, 12, 12), 4, 10, method.lr, cpu, seed=2)
+    assert torch.equal(x[:8], first) and torch.equal(x[16:], last)  # batch k: its own seed k
+    assert not torch.equal(x[:8], x[8:16])
+    assert str(method) == "synthetic:images=20,steps=10:mse:grid=100"
+    assert get_calibration(str(method)).images == 20  # the spec in the file converts again
+    assert str(get_calibration("synthetic:mse")) == "synthetic:mse:grid=100"  # defaults: no options
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("synthetic:images=0:mse", "needs at least one image and one step"),
+        ("synthetic:pixels=3:mse", "write KEY=VALUE with KEY one of images, steps"),
+        ("synthetic:images=many", "is not a number"),
+    ],
+)
+def test_bad_synthetic_options_are_one_line_errors(spec, message):
+    with pytest.raises(ConvertSNNError, match=message) as err:
+        get_calibration(spec)
+    assert "\n" not in str(err.value)
+
+
 def test_synthetic_refuses_models_it_cannot_serve_in_one_line():
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 2))
     with pytest.raises(ConvertSNNError, match="needs BatchNorm statistics") as err:
