@@ -1,5 +1,7 @@
 """Calibration recipes: registry and specs, each method's defining property, the no-data path."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -7,7 +9,7 @@ from torch import nn
 
 from convertsnn.cli import main
 from convertsnn.convert import convert, prepare_ann
-from convertsnn.convert.calibration import get_calibration, list_calibrations
+from convertsnn.convert.calibration import get_calibration, list_calibrations, mse
 from convertsnn.convert.calibration.bias_correction import channel_mean
 from convertsnn.convert.calibration.mse import best_channel_thresholds, best_threshold
 from convertsnn.convert.calibration.observers import ActivationObserver
@@ -341,6 +343,22 @@ def test_per_channel_mse_thresholds_search_each_channel(data):
     for a, s in zip(snn.thresholds.values(), scaled.thresholds.values(), strict=True):
         assert torch.allclose(s, 0.7 * a)
     assert str(get_calibration("mse:channel=1")) == "mse:grid=100,channel=1"
+
+
+def test_per_channel_mse_samples_positions_at_random_not_by_stride():
+    """More positions than ``CHANNEL_SAMPLES`` are thinned at random: a stride would alias with
+    the layout (a last-stage ResNet layer has 64 positions per image, so with 1,024 images a
+    stride of 8 kept only its left column)."""
+    torch.manual_seed(0)
+    columns = 8 * mse.CHANNEL_SAMPLES
+    values = torch.rand(2, columns) * torch.tensor([[1.0], [3.0]])
+    values[:, ::8] = 0.0  # the "left column": no activity there
+    observer = SimpleNamespace(channel_samples=[values], channel_max=values.amax(1),
+                               samples=[values[values > 0]], max=values.max())  # fmt: skip
+    neuron = IFNeuron(threshold=torch.ones(2))
+    found = get_calibration("mse:channel=1").channel_thresholds(observer, 4, neuron)
+    everything = best_channel_thresholds(values, values.amax(1), 4, 0.5, 100)
+    assert torch.allclose(found, everything, rtol=0.03)
 
 
 def test_quantised_activation_values():

@@ -139,8 +139,12 @@ class MSEThreshold(MaxNorm):
         """Per channel, the threshold of :func:`best_channel_thresholds`; channels that never
         fired on the calibration data get the layer's."""
         settings = (timesteps, module.v_init, self.grid, module.burst)
-        values = torch.cat(obs.channel_samples, dim=1)
-        values = values[:, :: max(1, values.shape[1] // CHANNEL_SAMPLES)].clamp(min=0)
+        values = torch.cat(obs.channel_samples, dim=1).clamp(min=0)
+        if values.shape[1] > CHANNEL_SAMPLES:  # at random: a stride aliases with the layout
+            generator = torch.Generator().manual_seed(0)
+            values = values[
+                :, torch.randperm(values.shape[1], generator=generator)[:CHANNEL_SAMPLES]
+            ]
         tops = obs.channel_max.cpu().float()
         theta = best_channel_thresholds(values, tops, *settings)
         if (tops <= 0).any():
