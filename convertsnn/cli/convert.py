@@ -80,7 +80,9 @@ def _preprocessing(
     "--calibration",
     help=f"Threshold method: {', '.join(list_calibrations())} (NAME or NAME:ARG) "
     f"[default: {DATA_CALIBRATION} with --calib ({FEW_IMAGES_CALIBRATION} below "
-    f"{AUTO_MIN_IMAGES} images), {NO_DATA_CALIBRATION} (data-free) without].",
+    f"{AUTO_MIN_IMAGES} images), {NO_DATA_CALIBRATION} (data-free) without]; on deep networks at "
+    "T <= 16, readoutcal (the classifier refitted to the ANN's logits) measured best of the "
+    "methods that take seconds (docs/conversion.md).",
 )
 @click.option("--neuron", type=click.Choice(["if", "lif"]), default="if", show_default=True)
 @click.option("--leak", default=1.0, show_default=True, type=float, help="Membrane leak for LIF.")

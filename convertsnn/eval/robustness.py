@@ -30,7 +30,7 @@ from convertsnn.attacks.base import Attack
 from convertsnn.attacks.ensemble import expected_correct, margins
 from convertsnn.attacks.gradient_modes import ModelInMode
 from convertsnn.eval.settings import EvalSettings, default_eot
-from convertsnn.objectives.distill import take_back_calibration
+from convertsnn.objectives.distill import take_back_calibration, weight_calibration
 from convertsnn.snn.network import SpikingNetwork
 
 AttackFactory = Callable[[nn.Module, float], Attack]
@@ -118,10 +118,11 @@ def source_ann_view(snn: SpikingNetwork) -> nn.Module | None:
     """The source ANN to evaluate next to ``snn``: ``snn`` in ``ann`` mode, on a copy with bias
     calibration's shifts taken back if it has any; None, with a warning, when its weights were
     calibrated for spiking (no record leads back to the ANN)."""
-    if "weight_calibration" in snn.metadata:
+    if method := weight_calibration(snn):
         warnings.warn(
-            "no ANN row: this SNN's weights were calibrated for its spiking neurons (calibration "
-            "wcal), so its ANN view is not the source ANN; a file converted without wcal gives it",
+            f"no ANN row: this SNN's weights were calibrated for its spiking neurons (calibration "
+            f"{method}), so its ANN view is not the source ANN; a file converted without {method} "
+            "gives it",
             stacklevel=2,
         )
         return None

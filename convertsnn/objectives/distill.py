@@ -33,15 +33,26 @@ from convertsnn.snn.encoding import DirectEncoder
 from convertsnn.snn.network import SpikingNetwork
 
 
+def weight_calibration(snn: SpikingNetwork) -> str | None:
+    """The calibration that fitted ``snn``'s weights to its spiking neurons and kept no record
+    to take them back (``wcal``, or ``readoutcal`` when it refitted the output layer), or None."""
+    if "weight_calibration" in snn.metadata:
+        return "wcal"
+    if snn.metadata.get("readout_calibration", {}).get("chosen", "").startswith("refit"):
+        return "readoutcal"
+    return None
+
+
 def take_back_calibration(snn: SpikingNetwork) -> None:
     """Give ``snn`` its source ANN's parameters again, in place: bias calibration's shifts
     (``bias_corrections``) taken back. A file whose weights were calibrated for its spiking
-    neurons (``wcal``) keeps no record to take them back from and is refused."""
-    if "weight_calibration" in snn.metadata:
+    neurons (:func:`weight_calibration`) keeps no record to take them back from and is
+    refused."""
+    if method := weight_calibration(snn):
         raise ConvertSNNError(
-            "this SNN's weights were calibrated for its spiking neurons (calibration wcal), so "
-            "its ANN view is not the source ANN; use the file converted without wcal instead "
-            "(e.g. as --teacher)"
+            f"this SNN's weights were calibrated for its spiking neurons (calibration {method}), "
+            f"so its ANN view is not the source ANN; use the file converted without {method} "
+            "instead (e.g. as --teacher)"
         )
     for name, shift in snn.metadata.get("bias_corrections", {}).items():
         bias = snn.body.get_submodule(name).bias

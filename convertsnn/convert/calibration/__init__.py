@@ -13,6 +13,7 @@ from convertsnn.convert.calibration import (  # noqa: F401  (registration)
     offset,
     percentile,
     qcfs,
+    readout_calibration,
     robust_scale,
     synthetic,
     threshold_balancing,
