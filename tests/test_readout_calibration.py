@@ -141,3 +141,20 @@ def test_readoutcal_composes_with_the_neuron_variants(data, variant):
     assert record["chosen"] == max(scores, key=scores.get)
     assert record["chosen"].startswith("refit") and snn.readout == record["readout"]
     assert weight_calibration(snn) == "readoutcal"
+
+
+def test_readoutcal_refits_the_body_that_auto_chose(data):
+    model = classifying(trained_batchnorm(residual_net(blocks=2), data), data)
+    snn = convert(model, loader(data), timesteps=4, calibration="readoutcal:auto:mse+channelwise")
+    assert "auto_calibration" in snn.metadata
+    record = snn.metadata["readout_calibration"]
+    assert record["chosen"].startswith("refit")
+    delay = int(record["chosen"][-1])
+    x = head_input(snn, data)[delay:].mean(0)
+    with torch.no_grad():  # the classifier of the body auto kept is the refitted one
+        logits = model(data)
+        refit = (x @ output_layer(snn.body).weight.T + output_layer(snn.body).bias) - logits
+        converted = convert(model, loader(data), timesteps=4, calibration="auto:mse+channelwise")
+        kept = output_layer(converted.body)
+        before = (head_input(converted, data)[delay:].mean(0) @ kept.weight.T + kept.bias) - logits
+    assert refit.pow(2).mean() < before.pow(2).mean()

@@ -84,11 +84,12 @@ class ReadoutCalibration(OnTopOf):
                 f"readout calibration needs at least {self.folds} calibration images (it "
                 f"cross-validates its refit in {self.folds} folds), got {len(images)}"
             )
-        head = output_layer(snn.body)
+        output_layer(snn.body)  # refuse a model it cannot refit before any work
         snn.eval().to(device)
         with torch.no_grad(), snn.gradient("ann"):  # the ANN before BASE's corrections
             logits = torch.cat([snn(b.to(device)).cpu() for b in images.split(self.batch)])
         self.base.correct_snn(snn, self.base_loader(loader), device)
+        head = output_layer(snn.body)  # after BASE, which may replace the body (auto)
         features = self.step_features(snn, head, images, device)
         self.refit(snn, head, features, logits)
 
