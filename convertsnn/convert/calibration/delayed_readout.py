@@ -29,6 +29,14 @@ from convertsnn.convert.calibration.registry import register_calibration
 from convertsnn.convert.calibration.sequential import calibration_images
 
 
+def window_means(sequence: torch.Tensor) -> torch.Tensor:
+    """Every delayed readout of ``sequence`` ``[T, ...]`` at once: entry D is its mean over steps
+    ``D..T-1`` (reversed cumulative sums)."""
+    tails = sequence.flip(0).cumsum(0).flip(0)
+    steps = torch.arange(len(sequence), 0, -1, device=sequence.device, dtype=tails.dtype)
+    return tails / steps.view(-1, *[1] * (sequence.dim() - 1))
+
+
 @register_calibration
 class DelayedReadout(OnTopOf):
     """``delay[:BASE]``: BASE's SNN, read out from the step D that agrees most with the ANN."""
@@ -61,11 +69,7 @@ class DelayedReadout(OnTopOf):
             sequence = torch.cat(
                 [snn.forward_sequence(b.to(device)) for b in self.sample.split(self.batch)], dim=1
             )
-        # mean over steps D..T-1 for every D at once: reversed cumulative sums
-        tails = sequence.flip(0).cumsum(0).flip(0)
-        steps = torch.arange(len(sequence), 0, -1, device=sequence.device)
-        steps = steps.view(-1, *[1] * (sequence.dim() - 1))
-        classes = (tails / steps).argmax(2)  # [T, N, ...]: the class axis of [N, K, ...]
+        classes = window_means(sequence).argmax(2)  # [T, N, ...]: the class axis of [N, K, ...]
         agreement = (classes == self.ann_classes.to(classes.device)).flatten(1).float().mean(1)
         delay = int(agreement.argmax())  # the first of the best: ties go to the smaller D
         snn.readout = f"delay:{delay}" if delay else "mean"

@@ -37,6 +37,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader
 
 from convertsnn.convert.calibration.composed import OnTopOf
+from convertsnn.convert.calibration.delayed_readout import window_means
 from convertsnn.convert.calibration.registry import register_calibration
 from convertsnn.convert.calibration.sequential import calibration_images
 from convertsnn.errors import ConvertSNNError
@@ -113,9 +114,7 @@ class ReadoutCalibration(OnTopOf):
         steps, count = features.shape[:2]
         reference = logits.argmax(1)
         fold = torch.arange(count) % self.folds
-        # mean over steps D..T-1 for every D at once: reversed cumulative sums
-        tails = features.flip(0).cumsum(0).flip(0)
-        windows = tails / torch.arange(steps, 0, -1, dtype=tails.dtype).view(-1, 1, 1)
+        windows = window_means(features)  # [T, N, F]: the mean over steps D..T-1 for every D
         bias = (
             head.bias.detach() if head.bias is not None else head.weight.new_zeros(len(head.weight))
         )
